@@ -77,7 +77,9 @@ class DiffusionConfig:
     def from_reference_flags(cls, flags: dict[str, Any]) -> DiffusionConfig:
         """Map improved/guided-diffusion `create_gaussian_diffusion` flags (as in the manifests)."""
         if flags.get("predict_xstart"):
-            raise DiffusionConfigError("predict_xstart models are not supported (no released checkpoint uses it)")
+            raise DiffusionConfigError(
+                "predict_xstart models are not supported (no released checkpoint uses it)"
+            )
         if flags.get("use_kl"):
             loss = LossType.RESCALED_KL
         elif flags.get("rescale_learned_sigmas"):

@@ -1,4 +1,4 @@
-"""Training objectives: L_simple (Ho et al. eq. 14), L_vlb terms (eq. 5) and L_hybrid (Nichol & Dhariwal eq. 16).
+"""Training objectives: L_simple (Ho et al. eq. 14), L_vlb terms (eq. 5), L_hybrid (Nichol & Dhariwal eq. 16).
 
 As in the reference, the VLB term uses the network's eps with gradients stopped and only its v
 trainable ("stop-gradient on mu", paper section 3.1), and is reported in bits per dimension.
@@ -26,7 +26,7 @@ def vb_terms_bpd(
     variance_type: VarianceType,
     clip_denoised: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_t in bits per dim [B], predicted x0): KL(q(x_{t-1}|x_t,x_0) || p) for t > 0, decoder NLL at t = 0."""
+    """(L_t in bits/dim [B], predicted x0): KL(q(x_{t-1}|x_t,x_0) || p) for t > 0, decoder NLL at t = 0."""
     true_mean = q_posterior_mean(x_start, x_t, c)
     true_log_variance = c.posterior_log_variance_clipped.view(-1, *([1] * (x_t.dim() - 1)))
     out = p_mean_variance(eps, v, x_t, c, variance_type, clip_denoised)

@@ -31,14 +31,10 @@ def q_sample(x_start: torch.Tensor, noise: torch.Tensor, c: RowCoefficients) -> 
 
 
 def predict_xstart_from_eps(x_t: torch.Tensor, eps: torch.Tensor, c: RowCoefficients) -> torch.Tensor:
-    return (
-        per_row(c.sqrt_recip_alphas_cumprod, x_t) * x_t - per_row(c.sqrt_recipm1_alphas_cumprod, x_t) * eps
-    )
+    return per_row(c.sqrt_recip_alphas_cumprod, x_t) * x_t - per_row(c.sqrt_recipm1_alphas_cumprod, x_t) * eps
 
 
-def predict_eps_from_xstart(
-    x_t: torch.Tensor, pred_xstart: torch.Tensor, c: RowCoefficients
-) -> torch.Tensor:
+def predict_eps_from_xstart(x_t: torch.Tensor, pred_xstart: torch.Tensor, c: RowCoefficients) -> torch.Tensor:
     return (per_row(c.sqrt_recip_alphas_cumprod, x_t) * x_t - pred_xstart) / per_row(
         c.sqrt_recipm1_alphas_cumprod, x_t
     )

@@ -26,7 +26,9 @@ def section_steps(num_timesteps: int, section_counts: list[int]) -> list[int]:
     for i, count in enumerate(section_counts):
         size = size_per + (1 if i < extra else 0)
         if count < 0 or size < count:
-            raise RespacingError(f"cannot take {count} steps from a section of {size} steps (T={num_timesteps})")
+            raise RespacingError(
+                f"cannot take {count} steps from a section of {size} steps (T={num_timesteps})"
+            )
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
         position = 0.0
         for _ in range(count):

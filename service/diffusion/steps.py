@@ -26,6 +26,8 @@ def ddim_step(
     alpha_bar_prev = per_row(c.alphas_cumprod_prev, x_t)
     if isinstance(eta, torch.Tensor):
         eta = per_row(eta.to(x_t), x_t)
-    sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    sigma = (
+        eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    )
     mean_pred = out.pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
     return mean_pred + per_row(c.nonzero_mask, x_t) * sigma * noise

@@ -18,7 +18,9 @@ class UniformSampler:
     def probabilities(self) -> np.ndarray:
         return np.full(self.num_timesteps, 1.0 / self.num_timesteps)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(t [B] int64, importance weights [B] float32)."""
         p = torch.from_numpy(self.probabilities())
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)

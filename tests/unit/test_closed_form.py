@@ -93,4 +93,6 @@ def test_learned_range_interpolates_between_beta_tilde_and_beta() -> None:
 def test_normal_kl_of_identical_gaussians_is_zero() -> None:
     m = torch.randn(3)
     assert torch.allclose(normal_kl(m, torch.zeros(3), m, torch.zeros(3)), torch.zeros(3))
-    assert normal_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.zeros(1)).item() == pytest.approx(0.5)
+    assert normal_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.zeros(1)).item() == pytest.approx(
+        0.5
+    )
