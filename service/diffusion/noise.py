@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 
 
@@ -26,18 +27,18 @@ class RowGenerators:
 
     def initial(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """x_T for every row: the first draw of each row's stream."""
-        return torch.stack(
-            [torch.randn(shape, generator=g, device=g.device, dtype=dtype) for g in self.generators]
+        return torch.stack([torch.randn(shape, generator=g, device=g.device) for g in self.generators]).to(
+            dtype
         )
 
     def draw(self, rows: list[int], draw_index: list[int], like: torch.Tensor) -> torch.Tensor:
+        # Drawn on the generators' device (CPU by default) and then moved: the same seed gives the
+        # same image on any accelerator, and a row's stream never depends on the batch around it.
         shape = tuple(like.shape[1:])
-        return torch.stack(
-            [
-                torch.randn(shape, generator=self.generators[r], device=like.device, dtype=like.dtype)
-                for r in rows
-            ]
-        )
+        draws = [
+            torch.randn(shape, generator=self.generators[r], device=self.generators[r].device) for r in rows
+        ]
+        return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
 class NoiseBank:
@@ -48,3 +49,14 @@ class NoiseBank:
 
     def draw(self, rows: list[int], draw_index: list[int], like: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.bank[i, r] for r, i in zip(rows, draw_index, strict=True)]).to(like)
+
+
+def image_seed(request_seed: int, image_index: int) -> int:
+    """The seed of image `image_index` of a request: well mixed, so seeds s and s+1 share no stream.
+
+    SeedSequence hashes (seed, index) into a 63-bit value; the result depends on nothing else, so an
+    image is the same whether it was generated alone or as the 5th image of a batched request.
+    """
+
+    state = np.random.SeedSequence([int(request_seed) & (2**63 - 1), int(image_index)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
