@@ -76,22 +76,38 @@ def sample(
 ) -> torch.Tensor:
     """Images in [-1, 1], [num_images, C, H, W]; image i is seeded by image_seed(spec.seed, i)."""
     process = plan(model, spec)
+    labels = None if spec.class_label is None else [spec.class_label] * spec.num_images
+    seeds = [image_seed(spec.seed, i) for i in range(spec.num_images)]
+    variance = spec.variance or model.manifest.diffusion.variance_type
+    return sample_batch(model, process, labels, seeds, spec.sampler, spec.eta, variance, on_iteration)
+
+
+@torch.no_grad()
+def sample_batch(
+    model: LoadedModel,
+    process: SpacedProcess,
+    labels: list[int] | None,
+    seeds: list[int],
+    sampler: Sampler,
+    eta: float,
+    variance: VarianceType,
+    on_iteration: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """One batch of images of one process, each with its own label and RNG seed (already validated)."""
     manifest = model.manifest
     device = next(model.net.parameters()).device
-    noise = RowGenerators([image_seed(spec.seed, i) for i in range(spec.num_images)], device="cpu")
+    noise = RowGenerators(seeds, device="cpu")
     shape = (manifest.image_channels, manifest.image_size, manifest.image_size)
     x_T = noise.initial(shape).to(device)
-    y = None
-    if spec.class_label is not None:
-        y = torch.full((spec.num_images,), spec.class_label, dtype=torch.long, device=device)
+    y = None if labels is None else torch.tensor(labels, dtype=torch.long, device=device)
     return sample_rows(
         model.denoiser,
-        [process] * spec.num_images,
+        [process] * len(seeds),
         x_T,
         noise,
         y=y,
-        sampler=spec.sampler,
-        variance_type=spec.variance or manifest.diffusion.variance_type,
-        eta=spec.eta,
+        sampler=sampler,
+        variance_type=variance,
+        eta=eta,
         on_iteration=on_iteration,
     )

@@ -1,0 +1,114 @@
+"""One device: slots, bucketed (optionally compiled and graphed) network, and the per-row sampler step.
+
+`step(rows)` advances every given row by one reverse step with a single network call, whatever each
+row's K, position, sampler (DDPM or DDIM, own eta) or variance type: that is continuous batching. Rows
+whose step produced a non-finite value are reported, never turned into images; rows that took their last
+step come back as uint8 images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from service.diffusion.sampling import Denoiser
+from service.engine.buckets import BucketRunner, bucket_sizes
+from service.engine.compile import prepare_denoiser
+from service.engine.mixed_step import finite_rows, mixed_reverse_step
+from service.engine.request import RowState
+from service.engine.settings import EngineSettings
+from service.engine.slots import SlotTable
+from service.engine.tables import StepTables
+from service.images import to_uint8
+from service.model.store import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutcome:
+    bucket: int
+    finished: list[tuple[RowState, np.ndarray]] = field(default_factory=list)  # [H, W, C] uint8 images
+    non_finite: list[RowState] = field(default_factory=list)
+
+
+class Executor:
+    """Not thread-safe: one engine thread drives it. Build a new one to recover from a crash."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: EngineSettings,
+        tables: StepTables,
+        device: torch.device | str | None = None,
+        denoiser: Denoiser | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else next(model.net.parameters()).device
+        manifest = model.manifest
+        self.default_variance = manifest.diffusion.variance_type
+        self.tables = tables
+        self.settings = settings
+        self.buckets = bucket_sizes(settings.max_batch, settings.buckets)
+        self.num_slots = self.buckets[-1]
+        shape = (manifest.image_channels, manifest.image_size, manifest.image_size)
+        self.slots = SlotTable(self.num_slots, shape, self.device)
+        denoise = prepare_denoiser(model, settings, self.device, len(self.buckets), denoiser)
+        self.runner = BucketRunner(denoise, self.buckets, shape, self.device, settings.cuda_graphs)
+
+    def warm_up(self) -> float:
+        """Run (compile, capture) every bucket once; returns the seconds it took."""
+        start = time.perf_counter()
+        self.runner.warm_up(self.settings.warmup_iterations)
+        seconds = time.perf_counter() - start
+        log.info("executor on %s warmed up buckets %s in %.1f s", self.device, self.buckets, seconds)
+        return seconds
+
+    def admit(self, rows: Sequence[RowState]) -> None:
+        for row in rows:
+            request = row.request
+            table = self.tables.get(request.steps)
+            self.slots.admit(row, table.table, request.variance or self.default_variance)
+
+    def release(self, row: RowState) -> None:
+        self.slots.release(row)
+
+    @torch.no_grad()
+    def step(self, rows: Sequence[RowState]) -> StepOutcome:
+        """One network call and one reverse step for every row; cursors move, latents are updated."""
+        infos = self.slots.rows_info(rows)
+        index = torch.tensor([row.slot for row in rows], dtype=torch.long, device=self.device)
+        x_t = self.slots.latents.index_select(0, index)
+        c = self.slots.coefficients(rows, infos)
+        noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
+        bucket, eps, v = self.runner(x_t, c.model_t, self.slots.labels(infos))
+        x_next = mixed_reverse_step(
+            eps,
+            v,
+            x_t,
+            c,
+            noise,
+            ddim=[info.ddim for info in infos],
+            eta=self.slots.etas(infos),
+            variance=[info.variance for info in infos],
+        )
+        # eps and v are checked too: an infinite eps is clipped away in x0 and would not show in x.
+        finite = finite_rows(eps, v, x_next).tolist()  # the one device -> host sync of the iteration
+        self.slots.latents.index_copy_(0, index, x_next)
+        outcome = StepOutcome(bucket)
+        done = []
+        for i, row in enumerate(rows):
+            row.cursor -= 1
+            row.draws += 1
+            if not finite[i]:
+                outcome.non_finite.append(row)
+            elif row.cursor < 0:
+                done.append(i)
+        if done:
+            images = to_uint8(x_next[torch.tensor(done, device=self.device)])
+            outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done)]
+        return outcome

@@ -1,0 +1,187 @@
+"""What a caller asks for (Request, immutable) and how far it has got (RowState, mutable, engine-owned).
+
+One row is one image. An HTTP request for n images becomes n Requests sharing a `group_id`, with
+image_index 0..n-1: each image is seeded by image_seed(seed, image_index), so it is the same image
+whether it runs alone, beside its siblings, or in a batch of strangers.
+
+This module must not import torch: the scheduler, which is tested without torch, works on these types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from service.diffusion.config import VarianceType
+from service.engine.errors import Cancelled, DeadlineExceeded, EngineError, InvalidRequest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# The values of service.diffusion.sampling.Sampler (importing it would import torch).
+SAMPLER_NAMES = ("ddpm", "ddim")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to generate. `deadline` and `arrival` are time.monotonic() seconds."""
+
+    request_id: str
+    group_id: str
+    model: str
+    class_label: int | None
+    steps: int | str  # K, or a respacing string such as "ddim50" (see service.diffusion.respacing)
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    seed: int = 0
+    image_index: int = 0
+    variance: VarianceType | None = None  # None: the model's own variance type
+    deadline: float | None = None
+    arrival: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        # Checks that need no model; the engine checks K and the label against the model on submit.
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int | str):
+            raise InvalidRequest(f"steps must be an integer K or a respacing string, got {self.steps!r}")
+        if isinstance(self.steps, int) and self.steps < 1:
+            raise InvalidRequest(f"steps must be >= 1, got {self.steps}")
+        if isinstance(self.steps, str) and not self.steps.strip():
+            raise InvalidRequest("steps must not be empty")
+        if str(self.sampler) not in SAMPLER_NAMES:
+            raise InvalidRequest(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
+        object.__setattr__(self, "sampler", str(self.sampler))
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise InvalidRequest(f"eta must be between 0 and 1, got {self.eta}")
+        if self.image_index < 0:
+            raise InvalidRequest(f"image_index must be >= 0, got {self.image_index}")
+        if self.variance is not None:
+            try:
+                object.__setattr__(self, "variance", VarianceType(self.variance))
+            except ValueError:
+                names = ", ".join(v.value for v in VarianceType)
+                raise InvalidRequest(f"variance must be one of {names}, got {self.variance!r}") from None
+
+
+def make_rows(
+    group_id: str,
+    model: str,
+    class_label: int | None,
+    steps: int | str,
+    num_images: int = 1,
+    *,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    seed: int = 0,
+    variance: VarianceType | None = None,
+    deadline: float | None = None,
+) -> list[Request]:
+    """The rows of one multi-image request: ids "<group_id>/<i>", image indices 0..num_images-1."""
+    if num_images < 1:
+        raise InvalidRequest(f"num_images must be >= 1, got {num_images}")
+    arrival = time.monotonic()
+    return [
+        Request(
+            request_id=f"{group_id}/{i}",
+            group_id=group_id,
+            model=model,
+            class_label=class_label,
+            steps=steps,
+            sampler=sampler,
+            eta=eta,
+            seed=seed,
+            image_index=i,
+            variance=variance,
+            deadline=deadline,
+            arrival=arrival,
+        )
+        for i in range(num_images)
+    ]
+
+
+class RowStatus(StrEnum):
+    """Where a row is; the last four are terminal (a bounded set: usable as a metrics label)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    FAILED = "failed"
+
+    @classmethod
+    def for_error(cls, error: EngineError) -> RowStatus:
+        if isinstance(error, Cancelled):
+            return cls.CANCELLED
+        if isinstance(error, DeadlineExceeded):
+            return cls.DEADLINE_EXCEEDED
+        return cls.FAILED
+
+
+@dataclass(frozen=True)
+class RowProgress:
+    request: Request
+    steps_done: int
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The outcome of one row: an image ([H, W, C] uint8, as service.images.to_uint8) or an error."""
+
+    request: Request
+    status: RowStatus
+    image: np.ndarray | None
+    error: EngineError | None
+    steps_done: int
+    queue_seconds: float  # arrival -> admission into a slot (-> the end, if never admitted)
+    total_seconds: float  # arrival -> the end
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RowStatus.FINISHED
+
+
+@dataclass(eq=False)
+class RowState:
+    """The engine's view of one row. Slot tensors (latents, RNG) live in the executor, keyed by `slot`."""
+
+    request: Request
+    num_steps: int
+    on_done: Callable[[RowResult], None] | None = None
+    on_progress: Callable[[RowProgress], None] | None = None
+    status: RowStatus = RowStatus.QUEUED
+    slot: int | None = None
+    cursor: int = -1  # respaced index k of the next step: num_steps - 1 down to 0; -1 when done
+    draws: int = 0  # noise draws taken from the row's stream, x_T included
+    cancel_requested: bool = False
+    admitted_at: float | None = None
+    first_step_at: float | None = None
+    finished_at: float | None = None
+    reported_percent: int = -1  # last progress percentage reported (progress callbacks are throttled)
+
+    def __post_init__(self) -> None:
+        self.cursor = self.num_steps - 1
+
+    @property
+    def steps_done(self) -> int:
+        return self.num_steps - 1 - self.cursor
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status not in (RowStatus.QUEUED, RowStatus.RUNNING)
+
+    def result(self, image: np.ndarray | None, error: EngineError | None, now: float) -> RowResult:
+        arrival = self.request.arrival
+        admitted = self.admitted_at if self.admitted_at is not None else now
+        return RowResult(
+            request=self.request,
+            status=self.status,
+            image=image,
+            error=error,
+            steps_done=self.steps_done,
+            queue_seconds=max(0.0, admitted - arrival),
+            total_seconds=max(0.0, now - arrival),
+        )

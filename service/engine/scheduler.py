@@ -1,0 +1,179 @@
+"""Which rows run this iteration: a bounded FCFS queue in front of a fixed number of executor slots.
+
+Plain Python on purpose (no torch): the admission, deadline and cancellation policy is tested with a
+fake executor, and the same object drives the real one. Not thread-safe: EngineCore serialises calls.
+
+Each iteration, `schedule()`
+  1. drops in-flight rows that were cancelled or whose deadline passed (their slots are freed now, so
+     a cancelled row costs at most the one step that was already running),
+  2. drops queued rows that were cancelled or expired (never admitted, never run),
+  3. admits queued rows, oldest first, into free slots: in continuous mode whenever a slot is free, in
+     run-to-completion mode only when no row is in flight (the benchmark baseline: a batch starts on an
+     empty executor and runs until its last row finishes),
+  4. returns every row in a slot: the executor advances each of them by exactly one step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.engine.errors import Cancelled, DeadlineExceeded, EngineError, InvalidRequest, QueueFull
+from service.engine.request import RowState, RowStatus
+
+
+@dataclass
+class SchedulePlan:
+    """What to do this iteration."""
+
+    admitted: list[RowState] = field(default_factory=list)  # new in a slot: initialise latents and RNG
+    running: list[RowState] = field(default_factory=list)  # every row to step, in slot order
+    dropped: list[tuple[RowState, EngineError]] = field(default_factory=list)  # to report; slot freed
+
+
+@dataclass(frozen=True)
+class Load:
+    """Figures for routing (least loaded = smallest queue_depth + in_flight) and metrics."""
+
+    queue_depth: int
+    in_flight: int
+    free_slots: int
+
+    @property
+    def total(self) -> int:
+        return self.queue_depth + self.in_flight
+
+
+class Scheduler:
+    def __init__(
+        self,
+        num_slots: int,
+        max_queue: int,
+        *,
+        run_to_completion: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if num_slots < 1 or max_queue < 1:
+            raise ValueError(f"num_slots and max_queue must be >= 1, got {num_slots}, {max_queue}")
+        self.num_slots = num_slots
+        self.max_queue = max_queue
+        self.run_to_completion = run_to_completion
+        self.clock = clock
+        self.retry_after = 1.0  # hint given with QueueFull; EngineCore refreshes it from measured speed
+        self._queue: deque[RowState] = deque()
+        self._running: dict[int, RowState] = {}  # slot -> row
+        self._free: list[int] = list(range(num_slots))  # a heap: the lowest free slot is used first
+
+    # -- figures --------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._queue or self._running)
+
+    def load(self) -> Load:
+        return Load(self.queue_depth, self.in_flight, len(self._free))
+
+    def running_rows(self) -> list[RowState]:
+        return [self._running[s] for s in sorted(self._running)]
+
+    # -- changes from callers -------------------------------------------------------------------
+
+    def add(self, rows: Sequence[RowState]) -> None:
+        """Queue all rows of a request, or none of them (raises QueueFull / InvalidRequest)."""
+        if len(rows) > self.max_queue:
+            raise InvalidRequest(f"at most {self.max_queue} images fit in one request, got {len(rows)}")
+        if len(self._queue) + len(rows) > self.max_queue:
+            raise QueueFull(
+                f"the queue is full ({len(self._queue)} of {self.max_queue} images waiting)",
+                retry_after=self.retry_after,
+            )
+        for row in rows:
+            row.status = RowStatus.QUEUED
+            self._queue.append(row)
+
+    def cancel(self, group_id: str) -> int:
+        """Mark a request's queued and in-flight rows: they leave at the next schedule(). Returns how many."""
+        count = 0
+        for row in (*self._queue, *self._running.values()):
+            if row.request.group_id == group_id and not row.cancel_requested:
+                row.cancel_requested = True
+                count += 1
+        return count
+
+    # -- the iteration --------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulePlan:
+        now = self.clock()
+        plan = SchedulePlan()
+        for slot in sorted(self._running):
+            row = self._running[slot]
+            error = _drop_reason(row, now)
+            if error is not None:
+                self.release(row)
+                plan.dropped.append((row, error))
+        kept: deque[RowState] = deque()
+        for row in self._queue:
+            error = _drop_reason(row, now)
+            if error is None:
+                kept.append(row)
+            else:
+                plan.dropped.append((row, error))
+        self._queue = kept
+        if not self.run_to_completion or not self._running:
+            plan.admitted = self._admit(now)
+        plan.running = self.running_rows()
+        return plan
+
+    def _admit(self, now: float) -> list[RowState]:
+        admitted = []
+        while self._queue and self._free:
+            row = self._queue.popleft()
+            row.slot = heapq.heappop(self._free)
+            row.status = RowStatus.RUNNING
+            row.admitted_at = now
+            self._running[row.slot] = row
+            admitted.append(row)
+        return admitted
+
+    def release(self, row: RowState) -> None:
+        """Free a row's slot (it finished, failed, or was dropped)."""
+        if row.slot is None or self._running.get(row.slot) is not row:
+            return
+        del self._running[row.slot]
+        heapq.heappush(self._free, row.slot)
+
+    def evict_running(self) -> list[RowState]:
+        """Every in-flight row leaves (its executor crashed); queued rows stay."""
+        rows = self.running_rows()
+        for row in rows:
+            self.release(row)
+        return rows
+
+    def evict_all(self) -> list[RowState]:
+        """Every row leaves, queued and in flight (the engine stops without draining)."""
+        rows = [*self.evict_running(), *self._queue]
+        self._queue.clear()
+        return rows
+
+
+def _drop_reason(row: RowState, now: float) -> EngineError | None:
+    request = row.request
+    if row.cancel_requested:
+        return Cancelled(f"request {request.group_id!r} was cancelled")
+    if request.deadline is not None and now >= request.deadline:
+        where = "in the queue" if row.status is RowStatus.QUEUED else f"after {row.steps_done} steps"
+        return DeadlineExceeded(
+            f"request {request.group_id!r} passed its deadline {where} (K={row.num_steps})"
+        )
+    return None

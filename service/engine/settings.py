@@ -1,0 +1,41 @@
+"""What an engine is told at construction. The API layer fills this from its pydantic settings
+(env prefix DDPM_); nothing here reads the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # fp16 torso on CUDA, fp32 on the CPU
+    FP32 = "fp32"
+    FP16 = "fp16"  # CUDA only
+    BF16 = "bf16"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_batch: int = 16  # slots per executor = rows in flight = the largest bucket
+    buckets: tuple[int, ...] | None = None  # None: 1, 2, 4, ... up to max_batch (max_batch included)
+    max_queue: int = 256  # rows waiting for a slot; beyond it submit raises QueueFull
+    run_to_completion: bool = False  # benchmark baseline: admit only into an empty executor
+    precision: Precision = Precision.AUTO
+    compile: bool | None = None  # torch.compile(dynamic=False) per bucket; None: on for CUDA only
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None  # e.g. "max-autotune-no-cudagraphs"; graphs are captured by us
+    cuda_graphs: bool = True  # one CUDA graph per bucket (CUDA only)
+    table_cache_size: int = 64  # coefficient tables kept for distinct step budgets
+    warmup_iterations: int = 2  # eager calls per bucket before capture (compilation, cuDNN selection)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if self.buckets is not None:
+            if not self.buckets or min(self.buckets) < 1:
+                raise ValueError(f"buckets must be positive batch sizes, got {self.buckets}")
+            if max(self.buckets) != self.max_batch:
+                raise ValueError(f"the largest bucket must equal max_batch={self.max_batch}")

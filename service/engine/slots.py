@@ -1,0 +1,89 @@
+"""Preallocated per-slot state of one executor: latents on the device, RNG and schedule on the CPU.
+
+A row keeps its slot from admission to its last step, so its latents never move; each iteration
+gathers the active slots by index instead of filtering parallel lists.
+
+Noise is drawn on the CPU, per row, from the row's own torch.Generator seeded with
+image_seed(seed, image_index), and then moved to the device. This is what makes an image independent of
+its batch and of the accelerator: a row's k-th draw is the k-th draw of its own stream whoever shares the
+iteration, and the CPU generator gives the same numbers on every machine (CUDA generators do not match
+the CPU's, nor the solo path's). The draws are small ([C, H, W] per row); their copy to the device is
+one transfer per iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from service.diffusion.coefficients import RowCoefficients
+from service.diffusion.config import VarianceType
+from service.diffusion.noise import image_seed
+from service.engine.request import RowState
+
+
+@dataclass
+class SlotInfo:
+    owner: RowState
+    generator: torch.Generator
+    table: np.ndarray  # the row's coefficient table (float32 [K, C]); indexed by the row's cursor
+    label: int
+    ddim: bool
+    eta: float
+    variance: VarianceType
+
+
+class SlotTable:
+    def __init__(self, num_slots: int, shape: tuple[int, ...], device: torch.device) -> None:
+        self.shape = shape
+        self.device = device
+        self.latents = torch.zeros((num_slots, *shape), dtype=torch.float32, device=device)
+        self.info: list[SlotInfo | None] = [None] * num_slots
+
+    def admit(self, row: RowState, table: np.ndarray, variance: VarianceType) -> None:
+        """Seed the row's stream and draw x_T (the stream's first draw, as the solo path does)."""
+        assert row.slot is not None, "a row is admitted into a slot by the scheduler first"
+        request = row.request
+        generator = torch.Generator(device="cpu").manual_seed(image_seed(request.seed, request.image_index))
+        self.latents[row.slot] = torch.randn(self.shape, generator=generator).to(self.device)
+        row.draws = 1
+        self.info[row.slot] = SlotInfo(
+            owner=row,
+            generator=generator,
+            table=table,
+            label=request.class_label or 0,
+            ddim=request.sampler == "ddim",
+            eta=float(request.eta),
+            variance=variance,
+        )
+
+    def release(self, row: RowState) -> None:
+        if row.slot is not None and (info := self.info[row.slot]) is not None and info.owner is row:
+            self.info[row.slot] = None
+
+    def rows_info(self, rows: Sequence[RowState]) -> list[SlotInfo]:
+        infos = []
+        for row in rows:
+            info = None if row.slot is None else self.info[row.slot]
+            assert info is not None, f"row {row.request.request_id} has no admitted slot"
+            infos.append(info)
+        return infos
+
+    def coefficients(self, rows: Sequence[RowState], infos: Sequence[SlotInfo]) -> RowCoefficients:
+        """Each row's coefficients at its own cursor, gathered on the CPU and sent in one copy."""
+        block = np.stack([info.table[row.cursor] for row, info in zip(rows, infos, strict=True)])
+        return RowCoefficients(*torch.from_numpy(block).to(self.device).unbind(dim=1))
+
+    def noise(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
+        """The next draw of every row's stream, [n, C, H, W] on the device (see the module docstring)."""
+        draws = [torch.randn(self.shape, generator=info.generator) for info in infos]
+        return torch.stack(draws).to(self.device)
+
+    def labels(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
+        return torch.tensor([info.label for info in infos], dtype=torch.long, device=self.device)
+
+    def etas(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
+        return torch.tensor([info.eta for info in infos], dtype=torch.float32, device=self.device)
