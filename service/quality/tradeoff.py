@@ -1,0 +1,74 @@
+"""tradeoff.json: measured quality and cost per (sampler, K), shipped beside a model's weights.
+
+The server reads it to answer `max_fid` requests and to publish quality gauges; people read it (and
+docs/quality.md) to choose K. Every point states its sample count; the file states the machine and the
+feature extractor, and a real-vs-real FID at the same sample count as the noise floor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRADEOFF_FILE = "tradeoff.json"
+
+
+class TradeoffError(ValueError):
+    """A tradeoff.json that cannot be read."""
+
+
+@dataclass
+class TradeoffPoint:
+    sampler: str
+    steps: int
+    num_samples: int
+    fid: float
+    precision: float
+    recall: float
+    class_accuracy: float | None
+    seconds_per_image: float
+    bpd: float | None = None
+    bpd_images: int | None = None
+
+
+@dataclass
+class Tradeoff:
+    model: str
+    machine: str
+    feature_extractor: str
+    reference_set: str
+    real_vs_real_fid: dict[str, float | int] = field(default_factory=dict)
+    points: list[TradeoffPoint] = field(default_factory=list)
+
+    def merge(self, points: list[TradeoffPoint]) -> None:
+        """New points replace old ones of the same (sampler, K)."""
+        keys = {(p.sampler, p.steps) for p in points}
+        self.points = [p for p in self.points if (p.sampler, p.steps) not in keys] + points
+        self.points.sort(key=lambda p: (p.sampler, p.steps))
+
+    def for_sampler(self, sampler: str) -> list[TradeoffPoint]:
+        return [p for p in self.points if p.sampler == sampler]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "points": [asdict(p) for p in self.points]}
+
+
+def read_tradeoff(model_dir: Path) -> Tradeoff | None:
+    """The model's trade-off table, or None when it has not been calibrated."""
+    path = Path(model_dir) / TRADEOFF_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        points = [TradeoffPoint(**p) for p in data.pop("points")]
+        return Tradeoff(**data, points=points)
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise TradeoffError(f"{path}: not a valid trade-off table ({e})") from None
+
+
+def write_tradeoff(model_dir: Path, tradeoff: Tradeoff) -> Path:
+    path = Path(model_dir) / TRADEOFF_FILE
+    path.write_text(json.dumps(tradeoff.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,127 @@
+"""`ddpm calibrate` and `ddpm grid` end to end on a small random model and an untrained classifier."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.data.fashion_mnist import DEFAULT_DIR
+from service.model.presets import get_preset
+from service.model.store import random_model_dir
+from service.quality.classifier import ClassifierConfig, FashionClassifier, save_classifier
+from service.quality.tradeoff import Tradeoff, TradeoffPoint, read_tradeoff, write_tradeoff
+
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="needs the Debian package dataset-fashion-mnist (.ci/run installs it)",
+)
+
+
+def ddpm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli.ddpm", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def fmnist_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("calib")
+    model = random_model_dir(get_preset("fmnist-small"), root / "model", seed=0)
+    classifier = save_classifier(
+        root / "classifier", FashionClassifier(ClassifierConfig()), {"test_accuracy": 0.1}
+    )
+    return model, classifier
+
+
+@needs_data
+def test_calibrate_writes_table_and_plot(fmnist_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    model, classifier = fmnist_dirs
+    plot = tmp_path / "tradeoff.png"
+    result = ddpm(
+        "calibrate",
+        "--model",
+        str(model),
+        "--classifier",
+        str(classifier),
+        "--steps",
+        "2,4",
+        "--samplers",
+        "ddpm,fixed-small",
+        "--num-samples",
+        "12",
+        "--bpd-images",
+        "4",
+        "--plot",
+        str(plot),
+    )
+    assert result.returncode == 0, result.stderr
+    table = read_tradeoff(model)
+    assert table is not None
+    assert {(p.sampler, p.steps) for p in table.points} == {
+        ("ddpm", 2),
+        ("ddpm", 4),
+        ("fixed-small", 2),
+        ("fixed-small", 4),
+    }
+    for point in table.points:
+        assert (
+            point.num_samples == 12
+            and point.fid >= 0
+            and 0 <= point.precision <= 1
+            and point.seconds_per_image > 0
+        )
+        assert (point.bpd is not None) == (point.sampler == "ddpm")
+    assert table.real_vs_real_fid["num_samples"] == 12
+    assert Image.open(plot).size[0] > 500
+    # A second run with another sampler adds points and keeps the old ones.
+    result = ddpm(
+        "calibrate",
+        "--model",
+        str(model),
+        "--classifier",
+        str(classifier),
+        "--steps",
+        "2",
+        "--samplers",
+        "ddim",
+        "--num-samples",
+        "12",
+        "--plot",
+        str(plot),
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(read_tradeoff(model).points) == 5  # type: ignore[union-attr]
+
+
+def test_grid_has_one_row_per_class_and_one_column_per_k(
+    fmnist_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = fmnist_dirs
+    out = tmp_path / "samples.png"
+    result = ddpm("grid", "--model", str(model), "--steps", "2,3,5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (3 * 30 + 2, 10 * 30 + 2)
+
+
+def test_bad_calibration_arguments() -> None:
+    result = ddpm("calibrate", "--model", "x", "--samplers", "ddpm,euler", "--num-samples", "100")
+    assert result.returncode == 2 and "unknown sampler 'euler'" in result.stderr
+    result = ddpm("calibrate", "--model", "x", "--num-samples", "5")
+    assert result.returncode == 2 and "--num-samples must be >= 10" in result.stderr
+
+
+def test_tradeoff_round_trip_and_merge(tmp_path: Path) -> None:
+    point = TradeoffPoint("ddpm", 10, 100, 5.0, 0.5, 0.4, 0.8, 0.01)
+    table = Tradeoff("m", "cpu", "features", "test", {"num_samples": 100, "fid": 1.0}, [point])
+    table.merge([TradeoffPoint("ddpm", 10, 200, 4.0, 0.6, 0.5, 0.9, 0.01)])
+    write_tradeoff(tmp_path, table)
+    again = read_tradeoff(tmp_path)
+    assert again is not None and len(again.points) == 1 and again.points[0].num_samples == 200
+    (tmp_path / "tradeoff.json").write_text(json.dumps({"model": 1}))
+    with pytest.raises(ValueError, match="not a valid trade-off table"):
+        read_tradeoff(tmp_path)
