@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from service.cli.quality_commands import add_train_classifier_parser
 from service.diffusion.config import VarianceType
 from service.diffusion.respacing import RespacingError
 from service.diffusion.sampling import Sampler
@@ -70,6 +71,96 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({args.num_images} images, K={args.steps}, seed {args.seed})")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from service.training.config import TrainConfig
+    from service.training.trainer import train
+
+    config = TrainConfig(
+        preset=args.preset,
+        name=args.name or Path(args.out).name,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        objective=args.objective,
+        bf16=not args.fp32,
+        checkpoint_every=args.checkpoint_every,
+        data_dir=args.data_dir,
+    )
+    run = train(
+        config, Path(args.run_dir), export_dir=Path(args.out), resume=args.resume, progress=not args.quiet
+    )
+    print(f"trained {run.step} steps in {run.seconds / 60:.1f} min; EMA weights in {args.out}")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from service.quality.calibrate import CalibrationPlan, calibrate
+    from service.quality.classifier import load_classifier
+    from service.quality.plots import plot_tradeoff
+    from service.quality.tradeoff import write_tradeoff
+
+    plan = CalibrationPlan(
+        steps=args.steps,
+        samplers=tuple(s.strip() for s in args.samplers.split(",") if s.strip()),
+        num_samples=args.num_samples,
+        bpd_images=args.bpd_images,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    model = load_model(Path(args.model), device=args.device)
+    classifier = load_classifier(Path(args.classifier), device=args.device)
+    with tqdm(total=plan.work(), desc="calibrate", unit="eval", unit_scale=True, file=sys.stderr) as bar:
+
+        def progress(phase: str, evaluations: int) -> None:
+            bar.set_description(phase)
+            bar.update(evaluations)
+
+        tradeoff = calibrate(model, classifier, Path(args.classifier), plan, progress, args.data_dir)
+    path = write_tradeoff(Path(args.model), tradeoff)
+    plot_tradeoff(tradeoff, Path(args.plot))
+    for p in tradeoff.points:
+        print(
+            f"{p.sampler:12} K={p.steps:<5} FID {p.fid:8.3f}  P {p.precision:.3f}  R {p.recall:.3f}  "
+            f"acc {p.class_accuracy if p.class_accuracy is not None else float('nan'):.3f}  "
+            f"bpd {p.bpd if p.bpd is not None else float('nan'):.3f}  {p.seconds_per_image * 1000:.1f} ms/img"
+        )
+    print(f"wrote {path} and {args.plot}")
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    import torch
+
+    from service.images import grid, save_png, to_uint8
+    from service.quality.generate import generate
+    from service.quality.sampler_kinds import sampler_kind
+
+    model = load_model(Path(args.model), device=args.device)
+    num_classes = model.manifest.num_classes or 1
+    per_k = []
+    for steps in args.steps:
+        images, _, _ = generate(
+            model, sampler_kind(args.sampler), steps, num_classes * args.per_class, args.seed
+        )
+        per_k.append(images)
+        print(f"K={steps} done", file=sys.stderr)
+    # rows: class c, image r; columns: K. Image i of every column uses the same seed and label.
+    stacked = torch.stack(per_k, dim=1)  # [N, len(K), C, H, W]; image i has label i % num_classes
+    order = [c + num_classes * r for c in range(num_classes) for r in range(args.per_class)]
+    ordered = stacked[order].flatten(0, 1)
+    save_png(grid(to_uint8(ordered), columns=len(args.steps)), Path(args.out))
+    print(f"wrote {args.out}: rows = classes, columns = K {','.join(map(str, args.steps))}")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     for name, preset in sorted(PRESETS.items()):
         print(f"{name:34} {preset.repo:18} {preset.unet.kind:10} {preset.title}")
@@ -112,6 +203,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="train a class-conditional model on Fashion-MNIST (paper recipe)")
+    p.add_argument("--preset", default="fmnist-small", help="architecture preset")
+    p.add_argument("--out", default="model_store/fmnist-small", help="model folder for the EMA weights")
+    p.add_argument("--run-dir", default="runs/fmnist-small", help="checkpoints for --resume")
+    p.add_argument("--name", help="model name (default: the --out folder name)")
+    p.add_argument("--steps", type=int, default=20_000, help="total optimiser steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--objective",
+        choices=["hybrid", "vlb"],
+        default="hybrid",
+        help="hybrid: L_simple + 0.001 L_vlb; vlb: L_vlb with loss-second-moment importance sampling",
+    )
+    p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="measure FID/precision/recall/accuracy/bpd per sampler and K")
+    p.add_argument("--model", required=True, help="model folder; tradeoff.json is written there")
+    p.add_argument("--steps", type=int_list, default=(10, 25, 50, 100, 250))
+    p.add_argument("--samplers", default="ddpm", help="comma-separated: ddpm, ddim, fixed-small, fixed-large")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--bpd-images", type=int, default=0, help="test images for bits/dim (ddpm only)")
+    p.add_argument("--classifier", default="model_store/fmnist-classifier")
+    p.add_argument("--plot", default="docs/tradeoff.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("grid", help="sample grid: one row per class, one column per K, same seeds")
+    p.add_argument("--model", required=True)
+    p.add_argument("--steps", type=int_list, default=(10, 25, 50, 100, 250, 1000))
+    p.add_argument("--sampler", default="ddpm")
+    p.add_argument("--per-class", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="docs/samples.png")
+    p.set_defaults(func=cmd_grid)
+
+    add_train_classifier_parser(sub)
 
     p = sub.add_parser("presets", help="list the architecture presets")
     p.set_defaults(func=cmd_presets)

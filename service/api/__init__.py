@@ -1,0 +1,1 @@
+"""The HTTP layer: FastAPI app factory, schemas, routes, error mapping and metrics (see app.create_app)."""

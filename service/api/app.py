@@ -1,0 +1,100 @@
+"""The FastAPI application factory.
+
+Lifespan: start the backend (load every model, start its workers) before the first request; /readyz turns
+true only once every worker has warmed up. Shutdown: uvicorn first stops accepting connections and waits
+(up to its graceful timeout) for in-flight requests; then the backend is stopped with drain=True, so
+anything still queued finishes and new submissions are refused with 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from service.api import errors
+from service.api.context import AppContext
+from service.api.metrics import Metrics
+from service.api.routes import generate, health, models
+from service.api.settings import Settings
+from service.backends.base import Backend
+from service.engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024  # a generate request is a few hundred bytes; refuse anything absurd early
+
+DESCRIPTION = """
+Class-conditional image generation with Improved DDPM models, where each request picks its step budget
+**K** (or a latency budget / quality target from which the server picks K). Requests are batched at step
+granularity: a K=10 request never waits for a K=1000 one to finish.
+
+Errors are JSON: `{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
+    """Build the app; `backend` replaces the one `settings.backend` names (tests, other deployments).
+    Raises SettingsError when a model folder is missing."""
+    settings = settings or Settings()
+    metrics = Metrics(settings.metric_steps)
+    context = AppContext(settings, backend or _backend(settings, metrics), metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await context.backend.start()
+        context.models = {info.name: info for info in context.backend.models()}
+        metrics.set_models(context.models.values())
+        metrics.watch(context.backend)
+        context.started = True
+        log.info("serving %s; warming up", ", ".join(context.models))
+        try:
+            yield
+        finally:
+            context.draining = True
+            log.info("draining (up to %.0f s)", settings.drain_timeout_s)
+            await context.backend.stop(drain=True, timeout=settings.drain_timeout_s)
+
+    app = FastAPI(
+        title="ddpm-serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.context = context
+    errors.install(app, on_error=lambda request, error: _count_failure(metrics, request, error))
+    for router in (generate.router, models.router, health.router):
+        app.include_router(router)
+    return app
+
+
+def _backend(settings: Settings, metrics: Metrics) -> Backend:
+    from service.backends.embedded import EmbeddedBackend  # torch is imported only when it is needed
+
+    engine_settings = EngineSettings(
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        run_to_completion=settings.run_to_completion,
+        precision=settings.precision,
+        compile=settings.compile,
+        warmup_iterations=settings.warmup_iterations,
+    )
+    return EmbeddedBackend(
+        settings.resolved_model_dirs(),
+        engine_settings,
+        device=settings.device,
+        observer_for=metrics.observer_for,
+        torch_threads=settings.torch_threads,
+    )
+
+
+def _count_failure(metrics: Metrics, request: Request, error: errors.ApiError) -> None:
+    if request.url.path != "/generate":
+        return
+    # The route sets the labels once it knows the model and K; earlier failures have neither (an
+    # unknown model name from a client must not become a label value).
+    model, k = getattr(request.state, "metric_labels", ("unknown", "none"))
+    metrics.count_request(model, k, error.code)

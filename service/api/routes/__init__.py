@@ -1,0 +1,1 @@
+"""HTTP routes: generate (incl. server-sent events), models and trade-off tables, health and metrics."""

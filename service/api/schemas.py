@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API (they are also the OpenAPI schema behind /docs).
+
+Integers and booleans are strict: "5", 5.5 or true for `steps` are type errors, not silently coerced, so
+a client's mistake comes back as a 422 naming the field instead of a surprising image.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+MAX_SEED = 2**63 - 1  # per-image seeds are derived from 63 bits (service.diffusion.noise.image_seed)
+STEP_CHOOSERS = ("steps", "latency_budget_ms", "max_fid")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"class_label": 7, "steps": 50, "seed": 1234},
+                {"class_label": 3, "latency_budget_ms": 500, "response_format": "json"},
+                {"class_label": 0, "max_fid": 20, "num_images": 4, "response_format": "json"},
+                {"class_label": 5, "steps": 100, "sampler": "ddim", "eta": 0.0, "stream": True},
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="Model name (GET /v1/models); default: the first served.")
+    class_label: int | None = Field(
+        None, ge=0, strict=True, description="Class to draw (0-based); omit for unconditional models."
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="K, the number of reverse steps (1..T). Give at most one of steps, latency_budget_ms "
+        "and max_fid; with none of them the server's default K is used.",
+    )
+    latency_budget_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="The server picks the largest calibrated K predicted to finish within this budget "
+        "under the current load.",
+    )
+    max_fid: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="The server picks the smallest calibrated K whose measured FID is at most this.",
+    )
+    sampler: Literal["ddpm", "ddim"] = Field(
+        "ddpm", description="ddpm: ancestral sampling with the learned variance; ddim: DDIM with eta."
+    )
+    eta: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, strict=True, description="DDIM noise scale (ddim only)."
+    )
+    num_images: int = Field(1, ge=1, strict=True, description="Images to generate (capped by the server).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="Makes the output reproducible; chosen by the server (and returned) when omitted.",
+    )
+    response_format: Literal["png", "json"] = Field(
+        "png",
+        description="png: one image/png (a grid when num_images > 1), K and seed in X-Steps / X-Seed "
+        "headers; json: base64 PNGs with K, seed, timings and calibrated quality.",
+    )
+    stream: bool = Field(
+        False, strict=True, description="Server-sent events: `progress` per step, then `result` (json)."
+    )
+    timeout_ms: int | None = Field(
+        None, gt=0, strict=True, description="Deadline from arrival; past it the request ends with 504."
+    )
+
+    @field_validator("latency_budget_ms", "max_fid")
+    @classmethod
+    def _one_step_chooser(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # Fields validate in declaration order, so the earlier choosers are in info.data already; the
+        # error is raised on this field, so the response names it.
+        given = [name for name in STEP_CHOOSERS if info.data.get(name) is not None]
+        if value is not None and given:
+            raise PydanticCustomError(
+                "exclusive",
+                "give only one of steps, latency_budget_ms and max_fid ({other} was given too)",
+                {"other": given[0]},
+            )
+        return value
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Longest wait of an image for a batch slot.")
+    compute_ms: float = Field(description="Sampling time after admission.")
+    total_ms: float = Field(description="Arrival at the engine to the last image.")
+
+
+class CalibratedQuality(BaseModel):
+    """Offline measurement at this (sampler, K), from the model's tradeoff.json."""
+
+    num_samples: int
+    fid: float
+    precision: float
+    recall: float
+    class_accuracy: float | None
+    bpd: float | None
+    seconds_per_image: float
+
+
+SelectionMode = Literal["steps", "latency_budget", "max_fid", "default"]
+
+
+class Selection(BaseModel):
+    mode: SelectionMode = Field(description="How K was chosen.")
+    predicted_latency_ms: float | None = Field(None, description="For latency_budget: the prediction.")
+    candidates: list[int] = Field(default_factory=list, description="The calibrated K values considered.")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    steps: int = Field(description="K actually used.")
+    sampler: str
+    eta: float
+    class_label: int | None
+    seed: int
+    seed_chosen_by_server: bool
+    num_images: int
+    images: list[str] = Field(description="Base64-encoded PNG files, in image order.")
+    timings: Timings
+    quality: CalibratedQuality | None = Field(description="Calibrated quality at this K, if measured.")
+    selection: Selection
+
+
+class ProgressEvent(BaseModel):
+    image: int = Field(description="Image index within the request.")
+    step: int = Field(description="Steps done for that image.")
+    steps: int = Field(description="K.")
+    progress: float = Field(description="Fraction of the whole request's steps done (0..1).")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable name, e.g. invalid_request, queue_full.")
+    message: str = Field(description="What went wrong and what to change.")
+    field: str | None = Field(None, description="The request field at fault, when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    name: str
+    image_size: int
+    image_channels: int
+    num_classes: int | None
+    class_names: list[str]
+    num_timesteps: int = Field(description="T: the largest K.")
+    learn_sigma: bool
+    samplers: list[str]
+    default_steps: int
+    max_num_images: int
+    calibrated_steps: dict[str, list[int]] = Field(
+        description="Per sampler, the K values with measured quality (the set latency/FID targets pick from)."
+    )
+
+
+class ModelList(BaseModel):
+    models: list[ModelCard]
+
+
+class LatencyStats(BaseModel):
+    count: int = Field(description="Images in the window the percentiles are taken over.")
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+
+class TradeoffRow(BaseModel):
+    sampler: str
+    steps: int
+    num_samples: int
+    fid: float
+    precision: float
+    recall: float
+    class_accuracy: float | None
+    bpd: float | None
+    seconds_per_image: float = Field(description="Calibration throughput (batched), not request latency.")
+    live_latency: LatencyStats | None = Field(description="End-to-end latency per image, measured live.")
+
+
+class TradeoffResponse(BaseModel):
+    model: str
+    calibrated: bool
+    machine: str | None
+    feature_extractor: str | None
+    reference_set: str | None
+    real_vs_real_fid: dict[str, float] | None
+    points: list[TradeoffRow]
+    live_latency: dict[str, LatencyStats] = Field(
+        description="Live latency per K label (exact K, or le_<K> / gt_<K> buckets), calibrated or not."
+    )
+
+
+class Health(BaseModel):
+    status: str

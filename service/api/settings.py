@@ -1,0 +1,114 @@
+"""Typed server settings: environment variables DDPM_<FIELD> (e.g. DDPM_PORT=9000), or keyword arguments.
+
+Built in `create_app()` / `ddpm-serve`, never at import time. Lists accept JSON or commas:
+DDPM_MODEL_DIRS=model_store/a,model_store/b and DDPM_METRIC_STEPS=10,50,250.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.engine.settings import Precision
+
+DEFAULT_MODEL_DIR = Path("model_store/fmnist-small")
+# The checkout the package was installed from (editable installs), so `ddpm-serve` finds the bundled model
+# from any working directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot start a server; the message says which setting to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="forbid")
+
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL_DIR],
+        description="Model folders to serve (model.json + weights); the first is the default model.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: every CUDA device, else CPU"
+    )
+    backend: Literal["embedded"] = Field(
+        default="embedded", description="where generations run ('triton' later)"
+    )
+    max_batch: int = Field(
+        default=16, ge=1, description="rows in flight per device (the largest batch bucket)"
+    )
+    max_queue: int = Field(default=256, ge=1, description="images waiting per device before 429")
+    max_num_images: int = Field(default=16, ge=1, description="cap on num_images in one request")
+    default_steps: int = Field(default=50, ge=1, description="K when a request gives no steps/budget/target")
+    default_timeout_ms: int = Field(default=120_000, gt=0, description="deadline when a request gives none")
+    max_timeout_ms: int = Field(default=600_000, gt=0, description="the longest timeout_ms a request may ask")
+    compile: bool | None = Field(
+        default=None, description="torch.compile per bucket; unset: on for CUDA only"
+    )
+    precision: Precision = Precision.AUTO
+    run_to_completion: bool = Field(default=False, description="benchmark baseline: no continuous batching")
+    warmup_iterations: int = Field(default=2, ge=1)
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads; unset: torch's"
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="how long shutdown waits for in-flight work"
+    )
+    metric_steps: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(10, 25, 50, 100, 250, 1000),
+        description="K values reported exactly in metric labels; others fall in le_<K>/gt_<K> buckets",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("model_dirs", "metric_steps", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # NoDecode hands env strings over raw: accept a JSON list or a comma-separated one.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("metric_steps")
+    @classmethod
+    def _positive_steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError("metric_steps must be a non-empty list of positive K values")
+        return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.model_dirs:
+            raise ValueError("model_dirs must name at least one model folder")
+        if self.max_num_images > self.max_queue:
+            raise ValueError(
+                f"max_num_images ({self.max_num_images}) cannot exceed max_queue ({self.max_queue}): "
+                "a request's images are queued together"
+            )
+        if self.default_timeout_ms > self.max_timeout_ms:
+            raise ValueError("default_timeout_ms cannot exceed max_timeout_ms")
+        return self
+
+    def resolved_model_dirs(self) -> list[Path]:
+        """Existing model folders: as given, or relative to the project checkout; else SettingsError."""
+        found = []
+        for path in self.model_dirs:
+            candidates = [path] if path.is_absolute() else [path, PROJECT_ROOT / path]
+            existing = next((c for c in candidates if (c / "model.json").is_file()), None)
+            if existing is None:
+                where = " or ".join(str(c) for c in candidates)
+                raise SettingsError(
+                    f"model folder {str(path)!r} not found (no model.json in {where}). Set DDPM_MODEL_DIRS "
+                    "(or ddpm-serve --model DIR) to a model folder; `ddpm train` writes the bundled "
+                    "model_store/fmnist-small and `ddpm init --preset tiny-test --out DIR` a random one."
+                )
+            found.append(existing)
+        return found

@@ -1,0 +1,1 @@
+"""Where a generation runs: in this process (embedded) or, later, on Triton Inference Server."""

@@ -1,0 +1,138 @@
+"""The contract between the HTTP layer and wherever generations run.
+
+The API talks only to a `Backend`: today the in-process engine pool (service.backends.embedded), later a
+Triton Inference Server reached through tritonclient. Nothing here mentions tensors or devices: images
+come back as uint8 arrays [H, W, C], and failures as the engine's typed errors (service.engine.errors),
+which are the shared vocabulary every backend reports in, so the API maps them to HTTP in one place.
+
+Asyncio: `submit` is called on the event loop and returns at once; the `Generation` it returns is
+awaited there. A backend bridges whatever threads or sockets it uses back onto that loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.engine.errors import InvalidRequest
+from service.quality.tradeoff import Tradeoff
+
+
+class UnknownModel(InvalidRequest):
+    """The request names a model this backend does not serve."""
+
+    code = "model_not_found"
+
+
+class BackendStartupError(RuntimeError):
+    """A backend cannot start (missing model folder, no such device); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the API needs to know about a served model to validate requests and describe it."""
+
+    name: str
+    image_size: int
+    image_channels: int
+    num_classes: int | None  # None: unconditional
+    class_names: tuple[str, ...]
+    num_timesteps: int  # T: the largest K
+    learn_sigma: bool
+    tradeoff: Tradeoff | None  # calibrated quality per (sampler, K); None when uncalibrated
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """One generation request, fully decided: K chosen, seed chosen, deadline known."""
+
+    model: str
+    class_label: int | None
+    steps: int
+    num_images: int
+    seed: int
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerationProgress:
+    image_index: int
+    steps_done: int
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: list[np.ndarray]  # uint8 [H, W, C], in image_index order
+    steps: int
+    queue_seconds: float  # the longest wait of any image for a slot
+    total_seconds: float  # submission -> the last image
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """Occupancy of one worker of one model, for routing estimates and metrics."""
+
+    model: str
+    engine: str
+    queue_depth: int
+    in_flight: int
+    free_slots: int
+
+
+class Generation(Protocol):
+    """A submitted request. `result()` raises the engine error that ended it (DeadlineExceeded, ...)."""
+
+    id: str
+
+    async def result(self) -> GenerationResult: ...
+
+    def progress(self) -> AsyncIterator[GenerationProgress]:
+        """Per-step progress until the result is ready (only when submitted with progress=True).
+        Cancelling one `__anext__` (a timeout) leaves the stream usable."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop at the next step; thread-safe, idempotent, harmless after the end."""
+        ...
+
+
+class Backend(Protocol):
+    async def start(self) -> None:
+        """Load models and start workers; returns before warm-up ends (see `ready`).
+        Raises BackendStartupError for what the operator must fix."""
+        ...
+
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new work; with `drain`, let queued and in-flight requests finish first."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Every worker warmed up and accepting work."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """Started and able to serve (possibly still warming up); False once a model has no worker."""
+        ...
+
+    def models(self) -> Sequence[ModelInfo]:
+        """The served models, the default first."""
+        ...
+
+    def loads(self) -> list[EngineLoad]: ...
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Memory in use per device name."""
+        ...
+
+    def submit(self, spec: GenerationSpec, *, progress: bool = False) -> Generation:
+        """Queue a generation; raises InvalidRequest / UnknownModel / QueueFull / EngineShuttingDown /
+        EngineDead synchronously, and never blocks on the device."""
+        ...

@@ -1,0 +1,278 @@
+"""The in-process backend: one EnginePool per model, in this process's threads (the default deployment).
+
+Engine callbacks run on the engine threads; `EmbeddedGeneration` hops them onto the event loop with
+`loop.call_soon_threadsafe`, so its futures and queues are only ever touched by the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.backends.base import (
+    BackendStartupError,
+    EngineLoad,
+    GenerationProgress,
+    GenerationResult,
+    GenerationSpec,
+    ModelInfo,
+    UnknownModel,
+)
+from service.engine.errors import Cancelled, EngineError
+from service.engine.observer import EngineObserver
+from service.engine.pool import EnginePool, serving_devices
+from service.engine.request import RowProgress, RowResult, make_rows
+from service.engine.settings import EngineSettings
+from service.model.manifest import read_manifest
+from service.model.store import load_model
+from service.quality.tradeoff import read_tradeoff
+
+log = logging.getLogger(__name__)
+
+ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
+
+
+class EmbeddedBackend:
+    def __init__(
+        self,
+        model_dirs: Sequence[Path],
+        settings: EngineSettings,
+        *,
+        device: str = "auto",
+        observer_for: ObserverFactory | None = None,
+        torch_threads: int | None = None,
+    ) -> None:
+        if not model_dirs:
+            raise BackendStartupError("no model folder given")
+        self.model_dirs = [Path(d) for d in model_dirs]
+        self.settings = settings
+        self.device = device
+        self.observer_for = observer_for
+        self.torch_threads = torch_threads
+        self._pools: dict[str, EnginePool] = {}
+        self._models: list[ModelInfo] = []
+
+    async def start(self) -> None:
+        if self._pools:
+            raise RuntimeError("the backend was already started")
+        # Reading weights takes seconds for real models: keep the event loop free meanwhile.
+        await asyncio.to_thread(self._load_all)
+        for pool in self._pools.values():
+            pool.start()
+
+    def _load_all(self) -> None:
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        devices = _devices(self.device)
+        for model_dir in self.model_dirs:
+            info = _model_info(model_dir)
+            if info.name in self._pools:
+                raise BackendStartupError(f"{model_dir}: a model named {info.name!r} is already served")
+            observer = self.observer_for(info.name) if self.observer_for else None
+            try:
+                pool = EnginePool.create(partial(load_model, model_dir), self.settings, observer, devices)
+            except (ValueError, OSError) as e:
+                raise BackendStartupError(f"{model_dir}: cannot load the model: {e}") from e
+            self._pools[info.name] = pool
+            self._models.append(info)
+
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        # Each pool stop blocks until its engines drain: run them side by side, off the loop.
+        await asyncio.gather(*(asyncio.to_thread(p.stop, drain, timeout) for p in self._pools.values()))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._pools) and all(pool.ready for pool in self._pools.values())
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._pools) and all(
+            any(engine.alive for engine in pool.engines) for pool in self._pools.values()
+        )
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._models)
+
+    def pool(self, model: str) -> EnginePool:
+        try:
+            return self._pools[model]
+        except KeyError:
+            raise UnknownModel(f"no model named {model!r}; served: {', '.join(self._pools)}") from None
+
+    def loads(self) -> list[EngineLoad]:
+        return [
+            EngineLoad(name, engine, load.queue_depth, load.in_flight, load.free_slots)
+            for name, pool in self._pools.items()
+            for engine, load in pool.loads().items()
+        ]
+
+    def memory_bytes(self) -> dict[str, int]:
+        # Per device, whichever model asks: both figures (CUDA allocator, process RSS) are per process.
+        memory: dict[str, int] = {}
+        for pool in self._pools.values():
+            memory.update(pool.memory_bytes())
+        return memory
+
+    def submit(self, spec: GenerationSpec, *, progress: bool = False) -> EmbeddedGeneration:
+        pool = self.pool(spec.model)
+        generation = EmbeddedGeneration(pool, spec, asyncio.get_running_loop(), progress)
+        generation.submit()
+        return generation
+
+
+class EmbeddedGeneration:
+    def __init__(
+        self, pool: EnginePool, spec: GenerationSpec, loop: asyncio.AbstractEventLoop, progress: bool
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.spec = spec
+        self._pool = pool
+        self._loop = loop
+        self._future: asyncio.Future[GenerationResult] = loop.create_future()
+        # A failure nobody awaits (the client left) must not be logged as "never retrieved".
+        self._future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._results: dict[int, RowResult] = {}
+        self._progress: asyncio.Queue[GenerationProgress | None] | None = None
+        if progress:
+            self._progress = asyncio.Queue()
+
+    def submit(self) -> None:
+        spec = self.spec
+        deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
+        rows = make_rows(
+            self.id,
+            spec.model,
+            spec.class_label,
+            spec.steps,
+            spec.num_images,
+            sampler=spec.sampler,
+            eta=spec.eta,
+            seed=spec.seed,
+            deadline=deadline,
+        )
+        on_progress = self._on_progress if self._progress is not None else None
+        self._pool.submit(rows, self._on_done, on_progress)
+
+    async def result(self) -> GenerationResult:
+        # shield: a caller that stops waiting (timeout, disconnect) must not cancel the shared future.
+        return await asyncio.shield(self._future)
+
+    def progress(self) -> _ProgressStream:
+        if self._progress is None:
+            raise RuntimeError("submit with progress=True to stream progress")
+        return _ProgressStream(self._progress)
+
+    def cancel(self) -> None:
+        self._pool.cancel(self.id)
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    # -- engine thread -> loop ------------------------------------------------------------------
+
+    def _on_done(self, result: RowResult) -> None:
+        self._to_loop(self._row_done, result)
+
+    def _on_progress(self, progress: RowProgress) -> None:
+        event = GenerationProgress(progress.request.image_index, progress.steps_done, progress.num_steps)
+        self._to_loop(self._put_progress, event)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the app has gone, nobody is waiting any more
+            log.debug("generation %s finished after its event loop closed", self.id)
+
+    # -- loop -------------------------------------------------------------------------------------
+
+    def _put_progress(self, event: GenerationProgress) -> None:
+        if self._progress is not None and not self._future.done():
+            self._progress.put_nowait(event)
+
+    def _row_done(self, result: RowResult) -> None:
+        self._results[result.request.image_index] = result
+        if not result.ok and len(self._results) < self.spec.num_images:
+            self.cancel()  # the request has failed as a whole: its other images would be thrown away
+        if len(self._results) < self.spec.num_images or self._future.done():
+            return
+        outcome = _combine(self.spec, [self._results[i] for i in range(self.spec.num_images)])
+        if isinstance(outcome, EngineError):
+            self._future.set_exception(outcome)
+        else:
+            self._future.set_result(outcome)
+        if self._progress is not None:
+            self._progress.put_nowait(None)
+
+
+class _ProgressStream:
+    """An async iterator over a queue. A class, not an async generator, so that a timed-out
+    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
+
+    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> _ProgressStream:
+        return self
+
+    async def __anext__(self) -> GenerationProgress:
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # stay finished for any later reader
+            raise StopAsyncIteration
+        return event
+
+
+def _combine(spec: GenerationSpec, results: list[RowResult]) -> GenerationResult | EngineError:
+    """All images, or the error that ended the request (the first one that was not our own cancel)."""
+    errors = [r.error for r in results if not r.ok]
+    if errors:
+        causes = [e for e in errors if e is not None and not isinstance(e, Cancelled)]
+        return (causes or errors)[0] or EngineError("a row failed without an error")
+    images = [r.image for r in results if r.image is not None]
+    return GenerationResult(
+        images=images,
+        steps=spec.steps,
+        queue_seconds=max(r.queue_seconds for r in results),
+        total_seconds=max(r.total_seconds for r in results),
+    )
+
+
+def _model_info(model_dir: Path) -> ModelInfo:
+    if not model_dir.is_dir():
+        raise BackendStartupError(f"{model_dir}: no such model folder")
+    try:
+        manifest = read_manifest(model_dir)
+        tradeoff = read_tradeoff(model_dir)
+    except (ValueError, OSError) as e:
+        raise BackendStartupError(f"{model_dir}: {e}") from e
+    return ModelInfo(
+        name=manifest.name,
+        image_size=manifest.image_size,
+        image_channels=manifest.image_channels,
+        num_classes=manifest.num_classes,
+        class_names=tuple(manifest.class_names),
+        num_timesteps=manifest.diffusion.num_timesteps,
+        learn_sigma=manifest.diffusion.learn_sigma,
+        tradeoff=tradeoff,
+    )
+
+
+def _devices(device: str) -> list[torch.device]:
+    if device == "auto":
+        return serving_devices()
+    if device == "cpu":
+        return [torch.device("cpu")]
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendStartupError("device 'cuda' was asked for but no CUDA device is visible")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    raise BackendStartupError(f"device must be auto, cpu or cuda, got {device!r}")

@@ -1,0 +1,101 @@
+"""Models and trade-off tables, metrics exposition, OpenAPI docs, settings and the CLI's startup errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.settings import Settings, SettingsError
+from service.cli.serve import main as serve_main
+
+METRIC_NAMES = (
+    "ddpm_requests_total",
+    "ddpm_request_duration_seconds_bucket",
+    "ddpm_queue_wait_seconds_bucket",
+    "ddpm_step_duration_seconds_bucket",
+    "ddpm_batch_occupancy_ratio_bucket",
+    "ddpm_batch_rows_bucket",
+    "ddpm_images_total",
+    "ddpm_unet_evaluations_total",
+    "ddpm_unet_batches_total",
+    "ddpm_queue_depth",
+    "ddpm_in_flight_rows",
+    "ddpm_device_memory_bytes",
+    "ddpm_warmup_seconds",
+    "ddpm_ready",
+    "ddpm_calibrated_fid",
+    "ddpm_calibrated_precision_ratio",
+    "ddpm_calibrated_recall_ratio",
+    "ddpm_calibrated_class_accuracy_ratio",
+    "ddpm_calibrated_bits_per_dim",
+    "ddpm_calibrated_image_seconds",
+)
+
+
+def test_models_lists_both_with_calibrated_sets(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert list(models) == ["tiny", "tiny-raw"]
+    tiny = models["tiny"]
+    assert tiny["num_timesteps"] == 1000 and tiny["num_classes"] == 10 and tiny["image_size"] == 16
+    assert tiny["calibrated_steps"] == {"ddpm": [5, 10, 20], "ddim": [10]}
+    assert models["tiny-raw"]["calibrated_steps"] == {"ddpm": [], "ddim": []}
+    assert client.get("/v1/models/tiny-raw").json()["name"] == "tiny-raw"
+
+
+def test_tradeoff_merges_live_latency(client: TestClient) -> None:
+    assert client.post("/generate", json={"class_label": 0, "steps": 10}).status_code == 200
+    table = client.get("/v1/models/tiny/tradeoff").json()
+    assert table["calibrated"] and table["machine"] == "test"
+    by_key = {(p["sampler"], p["steps"]): p for p in table["points"]}
+    assert by_key[("ddpm", 5)]["fid"] == 30.0
+    live = by_key[("ddpm", 10)]["live_latency"]
+    assert live["count"] >= 1 and 0 < live["p50_ms"] <= live["p99_ms"]
+    assert table["live_latency"]["10"] == live
+    raw = client.get("/v1/models/tiny-raw/tradeoff").json()
+    assert raw["calibrated"] is False and raw["points"] == []
+
+
+def test_metrics_exposes_the_ddpm_names(client: TestClient) -> None:
+    assert client.post("/generate", json={"class_label": 0, "steps": 3}).status_code == 200
+    assert client.post("/generate", json={"class_label": 99, "steps": 3}).status_code == 422
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    missing = [name for name in METRIC_NAMES if f"\n{name}{{" not in text and f"\n{name} " not in text]
+    assert not missing
+    # K=3 is neither configured nor calibrated: bucketed. A failure before K is known has no model/K.
+    assert 'ddpm_requests_total{k="le_10",model="tiny",status="ok"}' in text
+    assert 'ddpm_requests_total{k="none",model="unknown",status="invalid_request"}' in text
+    assert 'ddpm_calibrated_fid{k="20",model="tiny",sampler="ddpm"} 12.0' in text
+
+
+def test_openapi_documents_generate(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    generate = spec["paths"]["/generate"]["post"]
+    assert {"200", "422", "429", "504"} <= set(generate["responses"])
+    assert "image/png" in generate["responses"]["200"]["content"]
+    schema = spec["components"]["schemas"]["GenerateRequest"]
+    assert "latency_budget_ms" in schema["properties"] and schema["properties"]["steps"]["description"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DDPM_MODEL_DIRS", f"{tmp_path}/a, {tmp_path}/b")
+    monkeypatch.setenv("DDPM_PORT", "9001")
+    monkeypatch.setenv("DDPM_METRIC_STEPS", "[50, 10]")
+    monkeypatch.setenv("DDPM_COMPILE", "false")
+    settings = Settings()
+    assert settings.model_dirs == [tmp_path / "a", tmp_path / "b"]
+    assert settings.port == 9001 and settings.metric_steps == (10, 50) and settings.compile is False
+    with pytest.raises(SettingsError, match="DDPM_MODEL_DIRS"):
+        settings.resolved_model_dirs()
+    with pytest.raises(ValueError, match="max_num_images"):
+        Settings(max_num_images=10, max_queue=5)
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_main(["--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "DDPM_MODEL_DIRS" in err and "Traceback" not in err

@@ -1,0 +1,96 @@
+"""Choosing K from a latency budget or an FID target, and the live figures behind the prediction."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.api.errors import ApiError
+from service.api.latency import LatencyTracker
+from service.api.metrics import StepLabels
+from service.api.selection import LatencyPredictor, choose_for_fid, choose_for_latency
+from service.backends.base import EngineLoad
+from service.quality.tradeoff import TradeoffPoint
+from tests.api.helpers import ModelDirs, make_settings, serve
+
+
+def points(*rows: tuple[int, float, float]) -> list[TradeoffPoint]:
+    return [TradeoffPoint("ddpm", k, 64, fid, 0.5, 0.5, None, seconds) for k, fid, seconds in rows]
+
+
+TABLE = points((10, 40.0, 0.1), (50, 15.0, 0.5), (250, 8.0, 2.5))
+
+
+def test_fid_target_takes_the_cheapest_k_that_meets_it() -> None:
+    assert choose_for_fid(TABLE, 20.0).steps == 50
+    assert choose_for_fid(TABLE, 8.0).steps == 250
+    with pytest.raises(ApiError) as e:
+        choose_for_fid(TABLE, 5.0)
+    assert e.value.field == "max_fid" and "FID 8.00 at K=250" in e.value.message
+
+
+def test_latency_budget_takes_the_largest_k_that_fits() -> None:
+    per_step = 0.01
+
+    def predict(p: TradeoffPoint) -> float:
+        return 0.2 + p.steps * per_step
+
+    choice = choose_for_latency(TABLE, 0.8, predict)
+    assert choice.steps == 50 and choice.predicted_seconds == pytest.approx(0.7)
+    assert choose_for_latency(TABLE, 10.0, predict).steps == 250
+    with pytest.raises(ApiError) as e:
+        choose_for_latency(TABLE, 0.25, predict)
+    assert e.value.field == "latency_budget_ms" and "K=10" in e.value.message
+
+
+def test_prediction_uses_live_step_time_at_the_joined_bucket_and_queue_wait() -> None:
+    tracker = LatencyTracker()
+    point = TABLE[1]  # K = 50
+    idle = EngineLoad("m", "cpu", queue_depth=0, in_flight=0, free_slots=4)
+    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(0.5)  # no live figure: the table's
+    tracker.record_step(1, 0.01)
+    tracker.record_step(4, 0.03)
+    tracker.record_queue_wait(2.0)
+    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(50 * 0.01)
+    busy = EngineLoad("m", "cpu", queue_depth=0, in_flight=3, free_slots=1)
+    assert LatencyPredictor(tracker, busy, 1)(point) == pytest.approx(50 * 0.03)  # joins the 4-row bucket
+    full = EngineLoad("m", "cpu", queue_depth=2, in_flight=4, free_slots=0)
+    assert LatencyPredictor(tracker, full, 1)(point) == pytest.approx(2.0 + 50 * 0.03)
+
+
+def test_tracker_percentiles_and_moving_average() -> None:
+    tracker = LatencyTracker(window=100, weight=0.5)
+    for i in range(1, 101):
+        tracker.record_latency("50", i / 100)
+    stats = tracker.percentiles()["50"]
+    assert (stats.count, stats.p50, stats.p90, stats.p99) == (100, 0.5, 0.9, 0.99)
+    tracker.record_step(2, 1.0)
+    tracker.record_step(2, 3.0)
+    assert tracker.step_seconds(2) == 2.0
+    assert tracker.step_seconds(1) == 2.0 and tracker.step_seconds(8) == 2.0  # nearest measured bucket
+
+
+def test_k_labels_are_bounded() -> None:
+    labels = StepLabels([10, 50, 250, 1000])
+    labels.add_exact([37])
+    assert [labels(k) for k in (10, 37, 11, 50, 51, 1000, 4000)] == [
+        "10", "37", "le_50", "50", "le_250", "1000", "gt_1000",
+    ]  # fmt: skip
+    assert labels(None) == "none" and labels("ddim50") == "other"
+
+
+def test_latency_budget_over_http(model_dirs: ModelDirs) -> None:
+    # A fresh app has no live step time yet: the prediction falls back to the table's seconds per image
+    # (0.05 / 0.10 / 0.20 s for K = 5 / 10 / 20).
+    with serve(make_settings(model_dirs)) as client:
+        request = {"class_label": 2, "latency_budget_ms": 150, "response_format": "json"}
+        r = client.post("/generate", json=request)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["steps"] == 10 and body["seed_chosen_by_server"]
+        assert body["selection"]["mode"] == "latency_budget"
+        assert body["selection"]["predicted_latency_ms"] == pytest.approx(100.0)
+        # Now live: a generous budget affords the largest calibrated K, an absurd one none.
+        assert client.post("/generate", json={**request, "latency_budget_ms": 600_000}).json()["steps"] == 20
+        r = client.post("/generate", json={**request, "latency_budget_ms": 0.001})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "latency_budget_ms"
+        assert r.json()["error"]["code"] == "target_unreachable"

@@ -1,0 +1,156 @@
+"""A real HTTP server: client disconnects cancel work; `ddpm-serve` starts, serves and stops cleanly."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
+
+from service.api.app import create_app
+from tests.api.helpers import ModelDirs, make_settings
+
+TIMEOUT = 60.0
+LONG = {"class_label": 1, "steps": 1000}  # ~15 s on the tiny model: far longer than any wait below
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def is_ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def threaded_server(app: FastAPI) -> Iterator[str]:
+    """uvicorn on a loopback socket bound here (no port race), in a thread of this process."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        wait_for(lambda: is_ready(base), what="readiness")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            return float(match.group(2))
+    return 0.0
+
+
+def test_client_disconnect_cancels_its_rows(model_dirs: ModelDirs) -> None:
+    app = create_app(make_settings(model_dirs))
+    with threaded_server(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        pool = app.state.context.backend.pool("tiny")
+
+        def idle() -> bool:
+            load = pool.loads()["cpu"]
+            return load.in_flight == 0 and load.queue_depth == 0
+
+        # Streaming: read the first progress event, then hang up.
+        with http.stream("POST", "/generate", json={**LONG, "stream": True}) as r:
+            assert r.status_code == 200
+            next(line for line in r.iter_lines() if line.startswith("event: progress"))
+        wait_for(idle, timeout=10, what="the streamed rows to be cancelled")
+
+        # Plain request: the client gives up after half a second.
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/generate", json=LONG, timeout=0.5)
+        wait_for(idle, timeout=10, what="the plain request's rows to be cancelled")
+
+        text = http.get("/metrics").text
+        assert metric(text, "ddpm_images_total", model="tiny", k="1000", status="cancelled") == 2
+        assert metric(text, "ddpm_requests_total", model="tiny", k="1000", status="cancelled") == 2
+        # The server is unharmed.
+        assert http.post("/generate", json={"class_label": 1, "steps": 2}).status_code == 200
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).parent / "ddpm-serve"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("ddpm-serve")
+    return [found] if found else [sys.executable, "-m", "service.cli.serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ddpm_serve_serves_then_drains_on_sigterm(model_dirs: ModelDirs) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DDPM_MODEL_DIRS": str(model_dirs.calibrated),
+        "DDPM_DEVICE": "cpu",
+        "DDPM_TORCH_THREADS": "1",
+        "DDPM_MAX_BATCH": "2",
+        "DDPM_WARMUP_ITERATIONS": "1",
+        "DDPM_LOG_LEVEL": "warning",
+    }
+    command = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is None and is_ready(base) or proc.poll() is not None, what="start")
+        assert proc.poll() is None, proc.communicate()[0].decode()
+
+        r = httpx.post(f"{base}/generate", json={"class_label": 3, "steps": 5, "seed": 1}, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(r.content)).size == (16, 16)
+
+        # SIGTERM while a request is in flight: it still completes, then the process exits cleanly.
+        outcome: dict[str, Any] = {}
+        body = {"class_label": 3, "steps": 120}
+        worker = threading.Thread(
+            target=lambda: outcome.update(r=httpx.post(f"{base}/generate", json=body, timeout=TIMEOUT))
+        )
+        worker.start()
+        in_flight = lambda: metric(httpx.get(f"{base}/metrics").text, "ddpm_in_flight_rows") > 0  # noqa: E731
+        wait_for(in_flight, what="the request to be in flight")
+        proc.send_signal(signal.SIGTERM)
+        worker.join(TIMEOUT)
+        assert outcome["r"].status_code == 200 and outcome["r"].headers["x-steps"] == "120"
+        assert proc.wait(TIMEOUT) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
