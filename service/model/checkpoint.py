@@ -47,6 +47,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def write_safetensors(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata=metadata)
+    # safetensors creates files readable by their owner only; a server under another user must read them.
+    Path(path).chmod(0o644)
 
 
 def check_state_dict(

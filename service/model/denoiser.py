@@ -21,7 +21,9 @@ class EpsVDenoiser:
     def __call__(
         self, x_t: torch.Tensor, model_t: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.net(x_t, model_t, y if self.class_conditional else None)
+        # The diffusion math runs in float32 whatever the network's precision (fp16/bf16 torso or
+        # autocast): the reference keeps the variance interpolation and x0 prediction in float32.
+        out = self.net(x_t, model_t, y if self.class_conditional else None).float()
         if not self.learn_sigma:
             return out, None
         channels = x_t.shape[1]
