@@ -161,6 +161,16 @@ def cmd_grid(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: rows = classes, columns = K {','.join(map(str, args.steps))}")
 
 
+def cmd_tradeoff(args: argparse.Namespace) -> None:
+    from service.quality.report import tradeoff_markdown
+    from service.quality.tradeoff import read_tradeoff
+
+    tradeoff = read_tradeoff(Path(args.model))
+    if tradeoff is None:
+        raise ModelStoreError(f"{args.model}: no tradeoff.json (run ddpm calibrate first)")
+    print(tradeoff_markdown(tradeoff), end="")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     for name, preset in sorted(PRESETS.items()):
         print(f"{name:34} {preset.repo:18} {preset.unet.kind:10} {preset.title}")
@@ -250,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="docs/samples.png")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("tradeoff", help="print a model's tradeoff.json as a markdown table")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_tradeoff)
 
     add_train_classifier_parser(sub)
 

@@ -96,6 +96,8 @@ def test_calibrate_writes_table_and_plot(fmnist_dirs: tuple[Path, Path], tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert len(read_tradeoff(model).points) == 5  # type: ignore[union-attr]
+    table_text = ddpm("tradeoff", "--model", str(model))
+    assert table_text.returncode == 0 and table_text.stdout.count("\n| ") == 6  # header + 5 points
 
 
 def test_grid_has_one_row_per_class_and_one_column_per_k(
