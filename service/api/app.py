@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
 
 def _backend(settings: Settings, metrics: Metrics) -> Backend:
-    from service.backends.embedded import EmbeddedBackend  # torch is imported only when it is needed
+    from service.backends.factory import make_backend  # each backend's imports only when it is chosen
 
     engine_settings = EngineSettings(
         max_batch=settings.max_batch,
@@ -82,12 +82,14 @@ def _backend(settings: Settings, metrics: Metrics) -> Backend:
         compile=settings.compile,
         warmup_iterations=settings.warmup_iterations,
     )
-    return EmbeddedBackend(
+    return make_backend(
+        settings.backend,
         settings.resolved_model_dirs(),
-        engine_settings,
+        engine_settings=engine_settings,
         device=settings.device,
-        observer_for=metrics.observer_for,
         torch_threads=settings.torch_threads,
+        triton_urls=settings.triton_urls,
+        observer_for=metrics.observer_for,
     )
 
 

@@ -37,8 +37,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: every CUDA device, else CPU"
     )
-    backend: Literal["embedded"] = Field(
-        default="embedded", description="where generations run ('triton' later)"
+    backend: Literal["embedded", "triton"] = Field(
+        default="embedded",
+        description="where generations run: in this process, or on Triton workers (DDPM_TRITON_URLS)",
+    )
+    triton_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Triton gRPC endpoints host:port, e.g. triton:8001 (backend 'triton' only)",
     )
     max_batch: int = Field(
         default=16, ge=1, description="rows in flight per device (the largest batch bucket)"
@@ -66,7 +71,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("model_dirs", "metric_steps", mode="before")
+    @field_validator("model_dirs", "metric_steps", "triton_urls", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # NoDecode hands env strings over raw: accept a JSON list or a comma-separated one.
@@ -84,10 +89,24 @@ class Settings(BaseSettings):
             raise ValueError("metric_steps must be a non-empty list of positive K values")
         return tuple(sorted(set(value)))
 
+    @field_validator("triton_urls")
+    @classmethod
+    def _host_port(cls, value: list[str]) -> list[str]:
+        # tritonclient.grpc takes host:port; a scheme or a path is a common slip worth naming.
+        for url in value:
+            host, _, port = url.rpartition(":")
+            if "/" in url or not host or not port.isdigit():
+                raise ValueError(
+                    f"triton_urls must be host:port gRPC endpoints (e.g. triton:8001), got {url!r}"
+                )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if not self.model_dirs:
             raise ValueError("model_dirs must name at least one model folder")
+        if self.backend == "triton" and not self.triton_urls:
+            raise ValueError("backend 'triton' needs triton_urls (DDPM_TRITON_URLS=host:8001[,host2:8001])")
         if self.max_num_images > self.max_queue:
             raise ValueError(
                 f"max_num_images ({self.max_num_images}) cannot exceed max_queue ({self.max_queue}): "

@@ -1,0 +1,40 @@
+"""The backend a deployment names (DDPM_BACKEND): the in-process engine, or Triton workers over gRPC.
+
+Takes plain values rather than the API's Settings, so that backends do not import the HTTP layer.
+Each backend module is imported only when chosen: the embedded one imports torch's engine, the Triton
+one needs the optional tritonclient (imported when it starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from service.backends.base import Backend
+from service.engine.observer import EngineObserver
+from service.engine.settings import EngineSettings
+
+BackendKind = Literal["embedded", "triton"]
+ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
+
+
+def make_backend(
+    kind: BackendKind,
+    model_dirs: Sequence[Path],
+    *,
+    engine_settings: EngineSettings,
+    device: str = "auto",
+    torch_threads: int | None = None,
+    triton_urls: Sequence[str] = (),
+    observer_for: ObserverFactory | None = None,
+) -> Backend:
+    if kind == "triton":
+        from service.backends.triton import TritonBackend
+
+        return TritonBackend(triton_urls, model_dirs, observer_for=observer_for)
+    from service.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(
+        model_dirs, engine_settings, device=device, observer_for=observer_for, torch_threads=torch_threads
+    )

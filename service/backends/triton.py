@@ -1,0 +1,353 @@
+"""The Triton backend: generations run on one or more Triton Inference Servers (DDPM_BACKEND=triton,
+DDPM_TRITON_URLS=host:8001,...) that serve model_store/ with service.backends.triton_worker.
+
+- Models: the gateway reads each served model's model.json and tradeoff.json from DDPM_MODEL_DIRS (the
+  same model_store folders the workers load; the weights are not read). A model's Triton name is its
+  folder's name; the API uses its manifest's name, as with the embedded backend.
+- Transport: one gRPC stream per worker (tritonclient); responses are matched by request id.
+- Routing: least outstanding requests among the live workers that have the model ready
+  (triton_routing). Health: every second, server live + model ready per worker; a worker is dropped
+  after two failed checks, or at once when its stream breaks.
+- Failover: the requests of a dropped worker are sent again to another live one (their images do not
+  change: each image's noise comes from its seed); a worker's queue_full also tries the others. With no
+  live worker, `submit` raises EngineDead (503 with Retry-After).
+- Deadlines: the worker enforces a request's deadline; the gateway also fails it shortly after, so a
+  stalled worker cannot hold a request past its deadline.
+
+Metrics: per-request figures (latency, queue wait per K, images by status) are observed here through
+the same EngineObserver as the embedded engine's; per-iteration figures (step time, occupancy, queue
+depth, memory) are published by each worker on Triton's metrics port under the same names
+(triton_metrics). So `loads()` and `memory_bytes()` are empty here, and latency-budget selection uses
+calibrated seconds per image plus nothing for queueing (the gateway cannot see the workers' queues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.backends.base import BackendStartupError, EngineLoad, GenerationSpec, ModelInfo, UnknownModel
+from service.backends.triton_generation import ObserverFactory, TritonGeneration
+from service.backends.triton_models import check_spec, model_info
+from service.backends.triton_protocol import StreamEvent, WireRequest, decode_error
+from service.backends.triton_routing import Router, WorkerState
+from service.engine.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    EngineDead,
+    EngineError,
+    EngineShuttingDown,
+    QueueFull,
+)
+
+if TYPE_CHECKING:  # imported at start(): tritonclient is an optional dependency
+    from service.backends.triton_connection import TritonConnection
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[str, Callable[[StreamEvent], None]], "TritonConnection"]
+
+HEALTH_INTERVAL_S = 1.0
+HEALTH_TIMEOUT_S = 2.0
+FAILED_CHECKS_TO_DROP = 2  # one slow answer on a busy host is not a dead worker; a broken stream is
+DEADLINE_GRACE_S = 1.0  # the worker's own deadline error normally arrives first
+
+
+class TritonBackend:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        model_dirs: Sequence[Path],
+        *,
+        observer_for: ObserverFactory | None = None,
+        health_interval: float = HEALTH_INTERVAL_S,
+        connect: Connect | None = None,
+    ) -> None:
+        """`connect(url, on_event)` makes a worker's connection (default: TritonConnection; tests fake it)."""
+        if not urls:
+            raise BackendStartupError("the triton backend needs at least one URL (DDPM_TRITON_URLS)")
+        if not model_dirs:
+            raise BackendStartupError("no model folder given")
+        self.router = Router(urls)
+        self.model_dirs = [Path(d) for d in model_dirs]
+        self.observer_for = observer_for
+        self.health_interval = health_interval
+        self.connect = connect
+        self._models: dict[str, tuple[ModelInfo, str]] = {}  # API name -> (info, Triton name)
+        self._connections: dict[str, TritonConnection] = {}
+        self._pending: dict[str, TritonGeneration] = {}  # Triton request id -> generation
+        self._health: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._stopped = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        connect = self.connect or _default_connect()
+        self._loop = asyncio.get_running_loop()
+        for model_dir in self.model_dirs:
+            info = model_info(model_dir)
+            if info.name in self._models:
+                raise BackendStartupError(f"{model_dir}: a model named {info.name!r} is already served")
+            self._models[info.name] = (info, model_dir.name)
+        for worker in self.router.workers:
+            self._connections[worker.url] = connect(worker.url, self._on_stream_event)
+        await self._check_all()  # serve at once when the workers are already up
+        self._health = self._loop.create_task(self._health_loop())
+
+    async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        self._stopping = True
+        pending = {g for g in self._pending.values() if not g.done}
+        if drain and pending:
+            await asyncio.wait([asyncio.ensure_future(g.result()) for g in pending], timeout=timeout)
+        for generation in list(self._pending.values()):
+            self._cancel_remote(generation)
+            generation.finish(EngineShuttingDown("the gateway stopped before this request finished"))
+        self._pending.clear()
+        if self._health is not None:
+            self._health.cancel()
+        await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._connections.values()))
+        self._stopped = True
+
+    @property
+    def ready(self) -> bool:
+        return (
+            bool(self._models)
+            and not self._stopping
+            and all(self.router.serving(name) for _, name in self._models.values())
+        )
+
+    @property
+    def alive(self) -> bool:
+        # The gateway stays alive while workers come and go: readiness (and 503s) say when none serves.
+        return bool(self._models) and not self._stopped
+
+    def models(self) -> list[ModelInfo]:
+        return [info for info, _ in self._models.values()]
+
+    def loads(self) -> list[EngineLoad]:
+        return []  # queue depth and in-flight rows are the workers' metrics (see the module docstring)
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {}
+
+    # -- requests (event loop) --------------------------------------------------------------------
+
+    def submit(self, spec: GenerationSpec, *, progress: bool = False) -> TritonGeneration:
+        if self._stopping:
+            raise EngineShuttingDown("the gateway is shutting down")
+        if spec.model not in self._models:
+            raise UnknownModel(f"no model named {spec.model!r}; served: {', '.join(self._models)}")
+        info, triton_name = self._models[spec.model]
+        check_spec(info, spec)
+        observer = self.observer_for(info.name) if self.observer_for else None
+        generation = TritonGeneration(spec, triton_name, progress, self, observer)
+        self._send(generation)  # raises EngineDead when no worker is live: nothing is left pending
+        if spec.timeout_seconds is not None:
+            assert self._loop is not None
+            generation.timer = self._loop.call_later(
+                spec.timeout_seconds + DEADLINE_GRACE_S, self._expire, generation
+            )
+        return generation
+
+    def cancel(self, generation: TritonGeneration) -> None:
+        if generation.done:
+            return
+        generation.cancelled = True
+        if generation.worker is not None and generation.worker.live:
+            self._cancel_remote(generation)  # the worker answers the request with Cancelled
+        else:
+            self._release(generation)
+            generation.finish(Cancelled("the request was cancelled"))
+
+    def _send(self, generation: TritonGeneration) -> None:
+        """Send to the least loaded live worker not tried yet; raises EngineDead when there is none."""
+        worker = self.router.choose(generation.triton_name, exclude=generation.tried)
+        if worker is None:
+            live = ", ".join(w.url for w in self.router.live) or "none"
+            raise EngineDead(
+                f"no Triton worker can serve model {generation.spec.model!r} now "
+                f"(configured: {', '.join(w.url for w in self.router.workers)}; live: {live})"
+            )
+        remaining = generation.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the request's deadline passed before a worker could take it")
+        spec = generation.spec
+        wire = WireRequest(
+            request_id=generation.id,
+            class_label=spec.class_label,
+            steps=spec.steps,
+            sampler=spec.sampler,
+            eta=spec.eta,
+            seed=spec.seed,
+            num_images=spec.num_images,
+            timeout_seconds=remaining,
+            progress=generation.wants_progress,
+        )
+        request_id = generation.bind(worker)
+        try:
+            self._connections[worker.url].send(generation.triton_name, wire, request_id)
+        except EngineError:
+            generation.unbind()
+            raise
+        except Exception as e:  # the stream closed under us: that worker is gone, try another
+            generation.unbind()
+            self._drop(worker, f"sending failed: {e}")
+            self._send(generation)
+            return
+        self._pending[request_id] = generation
+
+    def _release(self, generation: TritonGeneration) -> None:
+        if generation.request_id is not None:
+            self._pending.pop(generation.request_id, None)
+        generation.unbind()
+
+    def _reroute(self, generation: TritonGeneration, cause: EngineError) -> None:
+        """Its worker failed it (or vanished): another worker takes it, else the request fails."""
+        self._release(generation)
+        if generation.done:
+            return
+        if generation.cancelled:
+            generation.finish(Cancelled("the request was cancelled"))
+            return
+        try:
+            self._send(generation)
+        except EngineDead:
+            generation.finish(cause)
+        except EngineError as e:
+            generation.finish(e)
+
+    def _expire(self, generation: TritonGeneration) -> None:
+        if generation.done:
+            return
+        self._cancel_remote(generation)
+        self._release(generation)
+        generation.finish(DeadlineExceeded("the request's deadline passed (the worker did not answer)"))
+
+    def _cancel_remote(self, generation: TritonGeneration) -> None:
+        worker = generation.worker
+        if worker is None or not worker.live:
+            return
+        try:
+            wire = WireRequest(request_id=generation.id, cancel=True)
+            self._connections[worker.url].send(generation.triton_name, wire, f"{generation.id}:cancel")
+        except Exception as e:  # best effort: the worker's deadline frees its slots anyway
+            log.debug("cancelling %s on %s failed: %s", generation.id, worker.url, e)
+
+    # -- stream events (tritonclient's thread -> event loop) -----------------------------------------
+
+    def _on_stream_event(self, event: StreamEvent) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the app has gone, nobody waits
+            loop.call_soon_threadsafe(self._handle_event, event)
+
+    def _handle_event(self, event: StreamEvent) -> None:
+        if event.broken:
+            if self._stopping:  # closing the streams at shutdown cancels them: not a failure
+                return
+            worker = self.router.worker(event.url)
+            # A late event of a stream already replaced by a reconnect says nothing about the new one.
+            if worker.live and self._connections[event.url].epoch == event.epoch:
+                self._drop(worker, f"its stream failed: {event.error}")
+            return
+        generation = self._pending.get(event.request_id or "")
+        if generation is None:
+            if event.error is not None and event.request_id is None:
+                log.warning("a Triton error named no request: %s", event.error)
+            return
+        if event.error is not None:
+            worker_url = generation.worker.url if generation.worker else "?"
+            self._reroute(
+                generation, EngineDead(f"Triton at {worker_url} refused the request: {event.error}")
+            )
+            return
+        self._on_result(generation, event.result, event.final)
+
+    def _on_result(self, generation: TritonGeneration, result: Any, final: bool) -> None:
+        outputs = {o.name for o in result.get_response().outputs}
+        if "PROGRESS" in outputs:
+            generation.put_progress(result.as_numpy("PROGRESS"))
+        if not final:
+            return
+        worker = generation.worker
+        if "ERROR" in outputs:
+            error = decode_error(result.as_numpy("ERROR"))
+            if isinstance(error, QueueFull) and not generation.cancelled:
+                self._reroute(generation, error)  # another worker may have room
+                return
+            self._release(generation)
+            generation.finish(error, worker)
+        elif "IMAGES" in outputs:
+            self._release(generation)
+            generation.succeed(result, worker)
+        else:
+            self._release(generation)
+            generation.finish(EngineError("the worker ended the request without images or an error"), worker)
+
+    # -- health ---------------------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            try:
+                await self._check_all()
+            except Exception:  # the loop must survive anything one check does
+                log.exception("Triton health check failed")
+
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(worker) for worker in self.router.workers))
+
+    async def _check(self, worker: WorkerState) -> None:
+        connection = self._connections[worker.url]
+        names = [name for _, name in self._models.values()]
+        try:
+            ready: set[str] = await asyncio.to_thread(connection.check, names, HEALTH_TIMEOUT_S)
+        except Exception as e:
+            worker.failed_checks += 1
+            if worker.live and worker.failed_checks >= FAILED_CHECKS_TO_DROP:
+                self._drop(worker, f"health checks failed: {e}")
+            return
+        worker.failed_checks = 0
+        if not worker.live and ready and not self._stopping:
+            try:
+                await asyncio.to_thread(connection.open)
+            except Exception as e:
+                log.warning("cannot open a stream to Triton at %s: %s", worker.url, e)
+                return
+            worker.live = True
+            log.info("Triton at %s is live (models ready: %s)", worker.url, ", ".join(sorted(ready)))
+        lost = worker.ready_models - ready
+        worker.ready_models = ready
+        for generation in [g for g in self._pending.values() if g.worker is worker]:
+            if generation.triton_name in lost:
+                self._reroute(
+                    generation, EngineDead(f"model {generation.triton_name} unloaded on {worker.url}")
+                )
+
+    def _drop(self, worker: WorkerState, reason: str) -> None:
+        """Take a worker out of rotation and move its requests to the others."""
+        log.warning("dropping Triton worker %s: %s", worker.url, reason)
+        worker.live = False
+        worker.ready_models = set()
+        assert self._loop is not None
+        self._loop.create_task(asyncio.to_thread(self._connections[worker.url].close))
+        cause = EngineDead(f"the Triton worker at {worker.url} failed ({reason}) and no other worker is live")
+        for generation in [g for g in self._pending.values() if g.worker is worker]:
+            self._reroute(generation, cause)
+
+
+def _default_connect() -> Connect:
+    try:
+        from service.backends.triton_connection import TritonConnection
+    except ImportError as e:
+        raise BackendStartupError(
+            f"the triton backend needs tritonclient: pip install 'ddpm-serve[triton]' ({e})"
+        ) from e
+    return TritonConnection

@@ -1,0 +1,173 @@
+"""One request on the Triton backend: where it was sent, its future, its progress stream, its metrics.
+
+Lives on the event loop: the backend calls every method but `cancel` (thread-safe) from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.backends.base import GenerationProgress, GenerationResult, GenerationSpec
+from service.backends.triton_routing import WorkerState
+from service.engine.errors import EngineError
+from service.engine.observer import EngineObserver
+from service.engine.request import RowStatus, make_rows
+
+ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
+
+
+class _Backend(Protocol):
+    def cancel(self, generation: TritonGeneration) -> None: ...
+
+
+class TritonGeneration:
+    def __init__(
+        self,
+        spec: GenerationSpec,
+        triton_name: str,
+        progress: bool,
+        backend: _Backend,
+        observer: EngineObserver | None,
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.spec = spec
+        self.triton_name = triton_name
+        self.wants_progress = progress
+        self.observer = observer
+        # The rows the worker will make: validates the fields the engine checks without the model
+        # (sampler, eta, K >= 1), and gives the observer the Request objects it reports on.
+        self.rows = make_rows(
+            self.id, spec.model, spec.class_label, spec.steps, spec.num_images, sampler=spec.sampler,
+            eta=spec.eta, seed=spec.seed,
+        )  # fmt: skip
+        self.started = time.monotonic()
+        self.deadline = None if spec.timeout_seconds is None else self.started + spec.timeout_seconds
+        self.tried: set[WorkerState] = set()
+        self.worker: WorkerState | None = None
+        self.request_id: str | None = None
+        self.attempt = 0
+        self.cancelled = False
+        self.timer: asyncio.TimerHandle | None = None
+        self._backend = backend
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[GenerationResult] = self._loop.create_future()
+        # A failure nobody awaits (the client left) must not be logged as "never retrieved".
+        self._future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._progress: asyncio.Queue[GenerationProgress | None] | None = (
+            asyncio.Queue() if progress else None
+        )
+
+    # -- the Generation protocol -------------------------------------------------------------------
+
+    async def result(self) -> GenerationResult:
+        return await asyncio.shield(self._future)  # a caller that stops waiting must not cancel it
+
+    def progress(self) -> ProgressStream:
+        if self._progress is None:
+            raise RuntimeError("submit with progress=True to stream progress")
+        return ProgressStream(self._progress)
+
+    def cancel(self) -> None:
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._backend.cancel(self)
+        elif not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._backend.cancel, self)
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    # -- the backend's bookkeeping -----------------------------------------------------------------
+
+    def bind(self, worker: WorkerState) -> str:
+        """Sent to `worker`: count it there; returns the Triton request id of this attempt."""
+        self.attempt += 1
+        self.worker = worker
+        self.tried.add(worker)
+        worker.outstanding += 1
+        worker.outstanding_images += self.spec.num_images
+        self.request_id = f"{self.id}:{self.attempt}"
+        return self.request_id
+
+    def unbind(self) -> None:
+        if self.worker is not None:
+            self.worker.outstanding -= 1
+            self.worker.outstanding_images -= self.spec.num_images
+        self.worker = None
+        self.request_id = None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def put_progress(self, values: np.ndarray) -> None:
+        if self._progress is not None and not self.done:
+            index, steps_done, num_steps = (int(v) for v in values.reshape(-1)[:3])
+            self._progress.put_nowait(GenerationProgress(index, steps_done, num_steps))
+
+    def succeed(self, result: Any, worker: WorkerState | None) -> None:
+        """A final response with images (a tritonclient InferResult)."""
+        if self.done:
+            return
+        images = result.as_numpy("IMAGES")
+        queue = [float(s) for s in result.as_numpy("QUEUE_SECONDS").reshape(-1)]
+        total = time.monotonic() - self.started  # as the client sees it: network and failovers included
+        steps = int(result.as_numpy("STEPS_USED").reshape(-1)[0])
+        engine = worker.url if worker else "triton"
+        if self.observer is not None:
+            for row, wait in zip(self.rows, queue, strict=False):
+                self.observer.on_row_admitted(engine, row, wait)
+                self.observer.on_row_finished(engine, row, RowStatus.FINISHED, wait, total)
+        self._end()
+        self._future.set_result(
+            GenerationResult(
+                images=[np.ascontiguousarray(image) for image in images],
+                steps=steps,
+                queue_seconds=max(queue, default=0.0),
+                total_seconds=total,
+            )
+        )
+
+    def finish(self, error: EngineError, worker: WorkerState | None = None) -> None:
+        if self.done:
+            return
+        if self.observer is not None:
+            total = time.monotonic() - self.started
+            engine = worker.url if worker else "triton"
+            for row in self.rows:
+                self.observer.on_row_finished(engine, row, RowStatus.for_error(error), total, total)
+        self._end()
+        self._future.set_exception(error)
+
+    def _end(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self._progress is not None:
+            self._progress.put_nowait(None)
+
+
+class ProgressStream:
+    """An async iterator over a queue. A class, not an async generator, so that a timed-out
+    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
+
+    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> ProgressStream:
+        return self
+
+    async def __anext__(self) -> GenerationProgress:
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # stay finished for any later reader
+            raise StopAsyncIteration
+        return event

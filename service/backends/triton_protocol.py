@@ -1,0 +1,192 @@
+"""The wire format between the gateway (service.backends.triton) and the Triton model
+(service.backends.triton_worker): tensor names, dtypes and shapes, and how errors travel.
+
+Pure numpy on purpose: the gateway does not import Triton's server utilities, the worker does not import
+tritonclient, and both must agree on this one file. `config_pbtxt` (service.backends.triton_repo) writes
+the same names into each model's config.pbtxt.
+
+Errors travel in an ERROR output of an ordinary final response rather than as a Triton error response:
+tritonclient's stream callback drops the request id of an error response, so the gateway could not tell
+which request failed. An ERROR response carries the engine error's `code` (the shared vocabulary of
+service.engine.errors), its message and, for queue_full, the retry delay.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.backends.base import UnknownModel
+from service.engine import errors
+
+# name -> (Triton dtype, dims, optional). Every input is a [1] tensor; max_batch_size is 0 because the
+# engine batches across requests by itself (continuous batching), not Triton's dynamic batcher.
+INPUTS: dict[str, tuple[str, tuple[int, ...], bool]] = {
+    "REQUEST_ID": ("BYTES", (1,), False),  # the engine's group id: a later CANCEL names it
+    "CLASS_LABEL": ("INT64", (1,), True),  # absent or -1: unconditional
+    "STEPS": ("INT32", (1,), True),  # K
+    "SAMPLER": ("BYTES", (1,), True),  # "ddpm" (default) or "ddim"
+    "ETA": ("FP32", (1,), True),
+    "SEED": ("INT64", (1,), True),
+    "NUM_IMAGES": ("INT32", (1,), True),
+    "TIMEOUT_SECONDS": ("FP32", (1,), True),  # absent or <= 0: no deadline
+    "PROGRESS": ("BOOL", (1,), True),  # send a PROGRESS response per step milestone
+    "CANCEL": ("BOOL", (1,), True),  # a control request: cancel REQUEST_ID's images
+}
+OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "IMAGES": ("UINT8", (-1, -1, -1, -1)),  # [num_images, H, W, C]
+    "STEPS_USED": ("INT32", (1,)),  # the K the images were sampled with
+    "QUEUE_SECONDS": ("FP32", (-1,)),  # per image: arrival -> admission into a slot
+    "TOTAL_SECONDS": ("FP32", (-1,)),  # per image: arrival -> done
+    "PROGRESS": ("INT32", (3,)),  # image_index, steps_done, num_steps (a non-final response)
+    "ERROR": ("BYTES", (1,)),  # JSON {"code", "message", "retry_after"} (a final response)
+}
+NUMPY_DTYPES: dict[str, Any] = {
+    "BYTES": np.object_,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "FP32": np.float32,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
+MAX_INT64 = 2**63 - 1
+
+# Every error class a worker may report, by code; anything else arrives as a plain EngineError.
+_ERROR_TYPES: dict[str, type[errors.EngineError]] = {
+    cls.code: cls
+    for cls in (
+        errors.EngineError,
+        UnknownModel,
+        errors.InvalidRequest,
+        errors.QueueFull,
+        errors.Cancelled,
+        errors.DeadlineExceeded,
+        errors.NonFiniteOutput,
+        errors.ExecutorFailed,
+        errors.EngineDead,
+        errors.EngineShuttingDown,
+    )
+}
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What a worker's gRPC stream delivered (see triton_connection), tagged with the stream's epoch so
+    that a late event of a stream already replaced by a reconnect is recognisable."""
+
+    url: str
+    epoch: int
+    request_id: str | None  # None: an error that names no request
+    result: Any  # a tritonclient InferResult, or None with an error
+    final: bool
+    error: Exception | None = None
+    broken: bool = False  # the stream itself failed: every request on it is lost
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """One generation as the worker receives it (or a cancel, when `cancel` is set)."""
+
+    request_id: str
+    class_label: int | None = None
+    steps: int = 1
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    seed: int = 0
+    num_images: int = 1
+    timeout_seconds: float | None = None
+    progress: bool = False
+    cancel: bool = False
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The input tensors of this request (what the gateway sends)."""
+        if not 0 <= self.seed <= MAX_INT64:
+            raise errors.InvalidRequest(f"seed must be between 0 and {MAX_INT64}, got {self.seed}")
+        values: dict[str, Any] = {"REQUEST_ID": self.request_id.encode()}
+        if self.cancel:
+            values["CANCEL"] = True
+        else:
+            values.update(
+                CLASS_LABEL=-1 if self.class_label is None else self.class_label,
+                STEPS=self.steps,
+                SAMPLER=self.sampler.encode(),
+                ETA=self.eta,
+                SEED=self.seed,
+                NUM_IMAGES=self.num_images,
+                TIMEOUT_SECONDS=self.timeout_seconds or 0.0,
+                PROGRESS=self.progress,
+            )
+        return {
+            name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> WireRequest:
+        """Parse what the worker received; missing optional inputs take their defaults."""
+
+        def scalar(name: str, default: Any) -> Any:
+            array = tensors.get(name)
+            if array is None or array.size == 0:
+                return default
+            value = array.reshape(-1)[0]
+            return value.decode() if isinstance(value, bytes) else value.item()
+
+        request_id = scalar("REQUEST_ID", "")
+        if not request_id:
+            raise errors.InvalidRequest("REQUEST_ID is required")
+        label = int(scalar("CLASS_LABEL", -1))
+        timeout = float(scalar("TIMEOUT_SECONDS", 0.0))
+        return cls(
+            request_id=request_id,
+            class_label=None if label < 0 else label,
+            steps=int(scalar("STEPS", 1)),
+            sampler=str(scalar("SAMPLER", "ddpm")),
+            eta=float(scalar("ETA", 0.0)),
+            seed=int(scalar("SEED", 0)),
+            num_images=int(scalar("NUM_IMAGES", 1)),
+            timeout_seconds=timeout if timeout > 0 else None,
+            progress=bool(scalar("PROGRESS", False)),
+            cancel=bool(scalar("CANCEL", False)),
+        )
+
+
+def result_tensors(
+    images: np.ndarray, steps: int, queue_seconds: list[float], total_seconds: list[float]
+) -> dict[str, np.ndarray]:
+    """The outputs of a successful final response; `images` is uint8 [n, H, W, C]."""
+    return {
+        "IMAGES": np.ascontiguousarray(images, dtype=np.uint8),
+        "STEPS_USED": np.array([steps], dtype=np.int32),
+        "QUEUE_SECONDS": np.asarray(queue_seconds, dtype=np.float32),
+        "TOTAL_SECONDS": np.asarray(total_seconds, dtype=np.float32),
+    }
+
+
+def progress_tensors(image_index: int, steps_done: int, num_steps: int) -> dict[str, np.ndarray]:
+    return {"PROGRESS": np.array([image_index, steps_done, num_steps], dtype=np.int32)}
+
+
+def error_tensors(error: errors.EngineError) -> dict[str, np.ndarray]:
+    retry_after = error.retry_after if isinstance(error, errors.QueueFull) else None
+    payload = json.dumps({"code": error.code, "message": str(error), "retry_after": retry_after})
+    return {"ERROR": np.array([payload.encode()], dtype=np.object_)}
+
+
+def decode_error(raw: np.ndarray) -> errors.EngineError:
+    """The engine error an ERROR output stands for (an unknown code stays a plain EngineError)."""
+    value = raw.reshape(-1)[0]
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    try:
+        payload = json.loads(text)
+        code, message = str(payload["code"]), str(payload["message"])
+    except (ValueError, KeyError, TypeError):
+        return errors.EngineError(f"the worker sent an unreadable error: {text[:200]}")
+    cls = _ERROR_TYPES.get(code)
+    if cls is errors.QueueFull:
+        return errors.QueueFull(message, retry_after=float(payload.get("retry_after") or 1.0))
+    if cls is None:
+        return errors.EngineError(f"{code}: {message}")
+    return cls(message)

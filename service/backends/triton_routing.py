@@ -1,0 +1,56 @@
+"""Which Triton worker takes a request: least outstanding requests among the live workers that have the
+model ready. Plain Python (no tritonclient, no asyncio): the backend calls it on its event loop only.
+
+Outstanding work is counted here, at the gateway, rather than read from each worker's metrics: the count
+is exact for this gateway's own traffic and needs no round trip. With several gateways each balances its
+own share, which evens out the workers' load as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class WorkerState:
+    """One Triton URL as the gateway sees it."""
+
+    url: str
+    live: bool = False  # the last health check passed and the stream is open
+    ready_models: set[str] = field(default_factory=set)  # Triton model names READY on it
+    outstanding: int = 0  # requests sent and not yet answered
+    outstanding_images: int = 0
+    failed_checks: int = 0  # consecutive failed health checks
+
+    def serves(self, model: str) -> bool:
+        return self.live and model in self.ready_models
+
+
+class Router:
+    def __init__(self, urls: Iterable[str]) -> None:
+        self.workers = [WorkerState(url) for url in urls]
+        if not self.workers:
+            raise ValueError("at least one Triton URL is needed")
+        self._turn = 0  # round robin among equally loaded workers, so idle ones share the first requests
+
+    def choose(self, model: str, exclude: Collection[WorkerState] = ()) -> WorkerState | None:
+        """The live worker with `model` ready and the fewest outstanding requests (then images); None when
+        no worker other than `exclude` can take it."""
+        candidates = [w for w in self.workers if w.serves(model) and w not in exclude]
+        if not candidates:
+            return None
+        count = len(self.workers)
+        self._turn = (self._turn + 1) % count
+        order = {id(w): (i - self._turn) % count for i, w in enumerate(self.workers)}
+        return min(candidates, key=lambda w: (w.outstanding, w.outstanding_images, order[id(w)]))
+
+    def worker(self, url: str) -> WorkerState:
+        return next(w for w in self.workers if w.url == url)
+
+    def serving(self, model: str) -> list[WorkerState]:
+        return [w for w in self.workers if w.serves(model)]
+
+    @property
+    def live(self) -> list[WorkerState]:
+        return [w for w in self.workers if w.live]

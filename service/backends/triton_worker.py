@@ -1,0 +1,223 @@
+"""The Triton Python-backend model that serves one model_store folder with our continuous-batching engine.
+
+Each model folder's `1/model.py` is a shim that imports `TritonPythonModel` from here (see triton_repo).
+The model is decoupled: `execute` only validates and queues a request's images on the engine and returns
+at once, so requests keep joining the running batch; the engine thread sends each request's final
+response (its images, or its error) when its last image ends, and PROGRESS responses before that when
+the request asked for them. A request with CANCEL set cancels the images of the REQUEST_ID it names.
+
+Device: the instance's kind (KIND_GPU: that GPU, else the CPU). Engine settings come from the model
+config's `parameters` (max_batch, max_queue, precision, compile, warmup_iterations, torch_threads,
+drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names another.
+`initialize` returns only after warm-up, so Triton reports the model READY only when it can serve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.backends.triton_metrics import GaugeRefresher, TritonMetricsObserver
+from service.backends.triton_protocol import (
+    INPUTS,
+    WireRequest,
+    error_tensors,
+    progress_tensors,
+    result_tensors,
+)
+from service.engine.errors import Cancelled, EngineDead, EngineError
+from service.engine.observer import EngineObserver, NullObserver
+from service.engine.pool import EnginePool
+from service.engine.request import RowProgress, RowResult, make_rows
+from service.engine.settings import EngineSettings, Precision
+from service.model.manifest import read_manifest
+from service.model.store import load_model
+
+log = logging.getLogger(__name__)
+
+WARMUP_TIMEOUT_SECONDS = 600.0
+
+
+class TritonPythonModel:
+    """The class name and the three methods are what Triton's Python backend calls."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils  # only exists inside the backend stub
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        model_dir = Path(params.get("model_dir") or args["model_repository"])
+        threads = params.get("torch_threads") or os.environ.get("DDPM_TORCH_THREADS")
+        if threads:
+            torch.set_num_threads(int(threads))
+        device = _device(args)
+        self.drain_timeout = float(params.get("drain_timeout_s", "30"))
+        # Metric labels use the manifest's name, as the gateway does (the Triton name is the folder's).
+        observer = _observer(pb_utils, read_manifest(model_dir).name, str(device))
+        self.pool = EnginePool.create(
+            partial(load_model, model_dir), engine_settings(params), observer, devices=[device]
+        )
+        self.engine = self.pool.engines[0]
+        self.model_name = self.engine.core.model.name
+        self.engine.start()
+        if not self.engine.wait_ready(WARMUP_TIMEOUT_SECONDS):
+            self.engine.stop(drain=False)
+            raise RuntimeError(f"{model_dir}: the engine on {device} did not warm up")
+        self.gauges: GaugeRefresher | None = None
+        if isinstance(observer, TritonMetricsObserver):
+            self.gauges = GaugeRefresher(partial(self._refresh_gauges, observer))
+            self.gauges.start()
+        log.info("serving %s from %s on %s", self.model_name, model_dir, device)
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self._handle(request)
+        return None  # decoupled: every response goes through the request's response sender
+
+    def finalize(self) -> None:
+        if self.gauges is not None:
+            self.gauges.stop()
+        self.engine.stop(drain=True, timeout=self.drain_timeout)
+
+    def _handle(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        reply = _Reply(self.pb, sender)
+        try:
+            tensors = {}
+            for name in INPUTS:
+                tensor = self.pb.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    tensors[name] = tensor.as_numpy()
+            wire = WireRequest.from_tensors(tensors)
+            if wire.cancel:
+                self.engine.cancel(wire.request_id)
+                reply.final({})
+                return
+            deadline = None if wire.timeout_seconds is None else time.monotonic() + wire.timeout_seconds
+            rows = make_rows(
+                wire.request_id,
+                self.model_name,
+                wire.class_label,
+                wire.steps,
+                wire.num_images,
+                sampler=wire.sampler,
+                eta=wire.eta,
+                seed=wire.seed,
+                deadline=deadline,
+            )
+            pending = _PendingRequest(reply, wire, self.engine.cancel)
+            on_progress = pending.on_progress if wire.progress else None
+            self.engine.submit(rows, pending.on_done, on_progress)
+        except EngineError as e:
+            reply.final(error_tensors(e))
+        except Exception as e:  # a bug here must answer this request, not hang it
+            log.exception("handling a request failed")
+            reply.final(error_tensors(EngineError(f"the worker failed: {type(e).__name__}: {e}")))
+
+    def _refresh_gauges(self, observer: TritonMetricsObserver) -> None:
+        memory = self.pool.memory_bytes()[self.engine.name]
+        observer.set_load(self.engine.load(), memory)
+
+
+class _Reply:
+    """One request's response sender; sends are serialised (progress from the engine thread, a final
+    answer from Triton's thread) and nothing is sent after the final response."""
+
+    def __init__(self, pb_utils: Any, sender: Any) -> None:
+        self.pb = pb_utils
+        self.sender = sender
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def send(self, tensors: dict[str, np.ndarray], final: bool = False) -> None:
+        outputs = [self.pb.Tensor(name, value) for name, value in tensors.items()]
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = final
+            flags = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            self.sender.send(self.pb.InferenceResponse(output_tensors=outputs), flags=flags)
+
+    def final(self, tensors: dict[str, np.ndarray]) -> None:
+        self.send(tensors, final=True)
+
+
+class _PendingRequest:
+    """Collects one request's rows (engine thread) and answers once the last one ends."""
+
+    def __init__(self, reply: _Reply, wire: WireRequest, cancel: Any) -> None:
+        self.reply = reply
+        self.wire = wire
+        self.cancel = cancel
+        self.results: dict[int, RowResult] = {}
+        self.failed = False
+
+    def on_progress(self, progress: RowProgress) -> None:
+        self.reply.send(
+            progress_tensors(progress.request.image_index, progress.steps_done, progress.num_steps)
+        )
+
+    def on_done(self, result: RowResult) -> None:
+        self.results[result.request.image_index] = result
+        if not result.ok and not self.failed:
+            self.failed = True
+            # The request has failed as a whole: stop its other images. Not from this callback (the
+            # engine's callbacks must not call back into it), hence a short-lived thread.
+            threading.Thread(target=self.cancel, args=(self.wire.request_id,), daemon=True).start()
+        if len(self.results) < self.wire.num_images:
+            return
+        ordered = [self.results[i] for i in range(self.wire.num_images)]
+        errors = [r.error for r in ordered if not r.ok and r.error is not None]
+        if errors or any(not r.ok for r in ordered):
+            causes = [e for e in errors if not isinstance(e, Cancelled)]
+            error = (causes or errors or [EngineError("an image failed without an error")])[0]
+            self.reply.final(error_tensors(error))
+            return
+        images = np.stack([r.image for r in ordered if r.image is not None])
+        self.reply.final(
+            result_tensors(
+                images,
+                self.wire.steps,
+                [r.queue_seconds for r in ordered],
+                [r.total_seconds for r in ordered],
+            )
+        )
+
+
+def engine_settings(params: dict[str, str]) -> EngineSettings:
+    """EngineSettings from config.pbtxt parameters (strings); absent ones keep their defaults."""
+    kwargs: dict[str, Any] = {}
+    for key in ("max_batch", "max_queue", "warmup_iterations"):
+        if params.get(key):
+            kwargs[key] = int(params[key])
+    if params.get("precision"):
+        kwargs["precision"] = Precision(params["precision"])
+    if params.get("compile") in ("true", "false"):
+        kwargs["compile"] = params["compile"] == "true"
+    return EngineSettings(**kwargs)
+
+
+def _device(args: dict[str, str]) -> torch.device:
+    if args.get("model_instance_kind") == "GPU":
+        if not torch.cuda.is_available():
+            raise EngineDead("the instance is KIND_GPU but torch sees no CUDA device")
+        return torch.device("cuda", int(args.get("model_instance_device_id", "0")))
+    return torch.device("cpu")
+
+
+def _observer(pb_utils: Any, model: str, engine: str) -> EngineObserver:
+    try:
+        return TritonMetricsObserver(pb_utils, model, engine)
+    except Exception:  # an older Triton without custom metrics (or histograms): serve without them
+        log.warning("Triton custom metrics are unavailable; the worker publishes no engine metrics")
+        return NullObserver()

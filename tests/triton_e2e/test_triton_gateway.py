@@ -1,0 +1,120 @@
+"""The gateway over real tritonserver workers (model_store layout, decoupled Python-backend model).
+
+Same images as the embedded engine for the same seed; a worker killed under load loses no request
+(each ends with its image or an error, none past its deadline); 503 while no worker is live; the
+gateway serves again once a worker is back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from tests.triton_e2e.conftest import MODEL
+from tests.triton_e2e.gateway import TIMEOUT, gateway_settings, is_ready, served, wait_for
+from tests.triton_e2e.server import TritonProcess
+
+pytestmark = pytest.mark.slow
+
+REQUESTS = (
+    {"class_label": 3, "steps": 5, "seed": 11, "num_images": 2},
+    {"class_label": 0, "steps": 4, "seed": 5, "sampler": "ddim", "eta": 0.5},
+)
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    events, event = [], ""
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((event, line.removeprefix("data: ")))
+    return events
+
+
+def test_gateway_over_triton_matches_embedded(
+    start_triton: Callable[..., TritonProcess], triton_repo: Path
+) -> None:
+    worker = start_triton()
+    worker.wait_ready()
+    model_dir = triton_repo / MODEL
+    app = create_app(gateway_settings(model_dir, backend="triton", triton_urls=[worker.url]))
+    with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        over_triton = [http.post("/generate", json=body) for body in REQUESTS]
+        as_json = http.post("/generate", json={**REQUESTS[0], "response_format": "json"}).json()
+        streamed = sse_events(http.post("/generate", json={**REQUESTS[0], "stream": True}).text)
+        # An error raised inside the worker (its deadline) comes back as that request's error.
+        late = http.post("/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 300})
+        metrics = http.get("/metrics").text
+
+    for r in over_triton:
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded", late.text
+    assert [e for e, _ in streamed].count("progress") >= 1 and streamed[-1][0] == "result"
+    assert json.loads(streamed[-1][1])["images"] == as_json["images"]
+    # Per-request metrics are the gateway's, as when embedded (K = 4 and 5 fall in the bucket le_10).
+    assert 'ddpm_queue_wait_seconds_count{k="le_10",model="tiny"} 7.0' in metrics
+    assert 'ddpm_requests_total{k="1000",model="tiny",status="deadline_exceeded"} 1.0' in metrics
+
+    with TestClient(create_app(gateway_settings(model_dir))) as embedded:
+        wait_for(lambda: embedded.get("/readyz").status_code == 200, what="the embedded app")
+        local = [embedded.post("/generate", json=body) for body in REQUESTS]
+        local_json = embedded.post("/generate", json={**REQUESTS[0], "response_format": "json"}).json()
+    assert [r.content for r in over_triton] == [r.content for r in local]
+    assert as_json["images"] == local_json["images"]
+
+
+def test_killed_worker_loses_no_request_and_the_gateway_recovers(
+    start_triton: Callable[..., TritonProcess], triton_repo: Path
+) -> None:
+    a, b = start_triton(), start_triton()
+    a.wait_ready()
+    b.wait_ready()
+    settings = gateway_settings(triton_repo / MODEL, backend="triton", triton_urls=[a.url, b.url])
+    app = create_app(settings)
+    backend = app.state.context.backend
+    timeout_ms = 30_000
+    with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        wait_for(lambda: len(backend.router.serving(MODEL)) == 2, what="both workers live")
+        outcomes: dict[int, Any] = {}
+
+        def generate(i: int) -> None:
+            body = {"class_label": i % 10, "steps": 150, "seed": i, "timeout_ms": timeout_ms}
+            try:
+                outcomes[i] = http.post("/generate", json=body, timeout=timeout_ms / 1000 + 10)
+            except httpx.HTTPError as e:  # a hang past the deadline would end here
+                outcomes[i] = e
+
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        worker_b = backend.router.worker(b.url)
+        wait_for(lambda: worker_b.outstanding >= 2, what="requests in flight on the worker to kill")
+        b.kill()
+        for thread in threads:
+            thread.join(timeout_ms / 1000 + 15)
+        assert not any(thread.is_alive() for thread in threads), "a request hung past its deadline"
+        statuses = {i: getattr(r, "status_code", repr(r)) for i, r in outcomes.items()}
+        # Failover: the killed worker's requests were sent again to the live one, so all succeed.
+        assert statuses == dict.fromkeys(range(8), 200), statuses
+
+        a.kill()
+        wait_for(lambda: not is_ready(base), timeout=15, what="readiness to drop with no live worker")
+        refused = http.post("/generate", json={"class_label": 1, "steps": 2})
+        assert refused.status_code == 503, refused.text
+        assert "no Triton worker" in refused.json()["error"]["message"]
+        assert refused.headers.get("retry-after")
+
+        back = start_triton(grpc_port=a.grpc_port, http_port=a.http_port, metrics_port=a.metrics_port)
+        back.wait_ready()
+        wait_for(lambda: is_ready(base), timeout=30, what="the gateway to serve again")
+        again = http.post("/generate", json={"class_label": 1, "steps": 2, "seed": 3})
+        assert again.status_code == 200, again.text

@@ -1,0 +1,142 @@
+"""The Triton pieces that need no server: wire format, config.pbtxt, routing, settings, worker metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from service.api import metrics as gateway_metrics
+from service.api.settings import Settings
+from service.backends import triton_metrics
+from service.backends.base import UnknownModel
+from service.backends.triton_protocol import INPUTS, OUTPUTS, WireRequest, decode_error, error_tensors
+from service.backends.triton_repo import config_pbtxt, write_triton_model
+from service.backends.triton_routing import Router
+from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest, QueueFull
+
+
+def test_wire_request_round_trips() -> None:
+    wire = WireRequest("abc", class_label=3, steps=7, sampler="ddim", eta=0.5, seed=2**62, num_images=2,
+                       timeout_seconds=1.5, progress=True)  # fmt: skip
+    tensors = wire.tensors()
+    assert {name: str(t.dtype) for name, t in tensors.items()}["SEED"] == "int64"
+    back = WireRequest.from_tensors(tensors)
+    assert back == WireRequest("abc", 3, 7, "ddim", 0.5, 2**62, 2, 1.5, True, False)
+    cancel = WireRequest.from_tensors(WireRequest("abc", cancel=True).tensors())
+    assert cancel.cancel and cancel.request_id == "abc"
+    assert WireRequest.from_tensors(WireRequest("u", class_label=None).tensors()).class_label is None
+    with pytest.raises(InvalidRequest):
+        WireRequest("x", seed=2**63).tensors()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [QueueFull("full", retry_after=2.5), DeadlineExceeded("late"), UnknownModel("who?"), EngineError("odd")],
+)
+def test_errors_keep_their_type_across_the_wire(error: EngineError) -> None:
+    back = decode_error(error_tensors(error)["ERROR"])
+    assert type(back) is type(error) and str(back) == str(error)
+    if isinstance(error, QueueFull):
+        assert isinstance(back, QueueFull) and back.retry_after == 2.5
+    garbled = decode_error(np.array([b"not json"], dtype=np.object_))
+    assert type(garbled) is EngineError
+
+
+def test_config_pbtxt_declares_the_protocols_tensors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = config_pbtxt("m", {"max_batch": "8"})
+    assert 'name: "m"' in text and "decoupled: true" in text and 'backend: "python"' in text
+    for name in (*INPUTS, *OUTPUTS):
+        assert f'name: "{name}"' in text
+    assert 'key: "max_batch" value: { string_value: "8" }' in text
+    with pytest.raises(FileNotFoundError):
+        write_triton_model(tmp_path)  # no model.json: not a model folder
+    (tmp_path / "model.json").write_text("{}")
+    write_triton_model(tmp_path)
+    assert "TritonPythonModel" in (tmp_path / "1" / "model.py").read_text()
+
+
+def test_router_picks_the_least_loaded_live_worker() -> None:
+    router = Router(["a:1", "b:1", "c:1"])
+    a, b, c = router.workers
+    assert router.choose("m") is None  # nobody live yet
+    for worker in (a, b):
+        worker.live, worker.ready_models = True, {"m"}
+    c.live, c.ready_models = True, {"other"}
+    a.outstanding = 2
+    assert router.choose("m") is b
+    assert router.choose("m", exclude={b}) is a
+    b.outstanding = 2
+    picks = {router.choose("m").url for _ in range(4)}  # type: ignore[union-attr]
+    assert picks == {"a:1", "b:1"}  # equal load: turns
+    b.live = False
+    assert router.serving("m") == [a]
+
+
+def test_settings_need_host_port_urls_for_the_triton_backend() -> None:
+    settings = Settings(backend="triton", triton_urls="w1:8001, w2:8001")  # type: ignore[arg-type]
+    assert settings.triton_urls == ["w1:8001", "w2:8001"]
+    with pytest.raises(ValidationError, match="needs triton_urls"):
+        Settings(backend="triton")
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings(backend="triton", triton_urls=["grpc://w1:8001"])
+
+
+class _FakeMetric:
+    def __init__(self, family: _FakeFamily, labels: dict[str, str], buckets: list[float] | None = None):
+        self.family, self.labels, self.buckets = family, labels, buckets
+        self.values: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+
+    increment = set = observe
+
+
+class _FakeFamily:
+    COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+    made: dict[str, _FakeFamily] = {}
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+        self.metrics: list[_FakeMetric] = []
+        _FakeFamily.made[name] = self
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> _FakeMetric:  # noqa: N802
+        metric = _FakeMetric(self, labels, buckets)
+        self.metrics.append(metric)
+        return metric
+
+
+class _FakePbUtils:
+    MetricFamily = _FakeFamily
+
+
+def test_worker_metrics_match_the_gateways_names_types_and_buckets() -> None:
+    exposition = gateway_metrics.Metrics((10,))
+    exposition.watch(_NoBackend())
+    types = {}
+    for line in exposition.exposition().decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            types[name] = kind  # prometheus-client names a counter family with its _total
+    observer = triton_metrics.TritonMetricsObserver(_FakePbUtils(), "tiny", "cpu")
+    observer.on_step("cpu", active_rows=3, bucket=4, seconds=0.02)
+    for name, family in _FakeFamily.made.items():
+        assert types.get(name) == family.kind, name
+        (metric,) = family.metrics
+        assert set(metric.labels) <= {"model", "engine", "device"}
+    assert _FakeFamily.made["ddpm_batch_occupancy_ratio"].metrics[0].values == [0.75]
+    assert triton_metrics.STEP_BUCKETS == gateway_metrics.STEP_BUCKETS
+    assert triton_metrics.OCCUPANCY_BUCKETS == gateway_metrics.OCCUPANCY_BUCKETS
+    assert triton_metrics.ROWS_BUCKETS == gateway_metrics.ROWS_BUCKETS
+
+
+class _NoBackend:
+    ready = True
+
+    def loads(self) -> list[object]:
+        return []
+
+    def memory_bytes(self) -> dict[str, int]:
+        return {}
