@@ -1,0 +1,92 @@
+"""Raw batched UNet throughput: the ceiling a served engine is compared with.
+
+N forward calls of the model's denoiser at one batch size, each row with its own timestep and label, in
+this process with nothing around it (no scheduler, no sampler step, no HTTP). Throughput is images x
+steps per second (one row of one call = one UNet evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from loadtest.machine import pin_threads, random_model
+from service.model.store import LoadedModel
+
+RESCALED_T = 1000.0  # with rescale_timesteps the network sees t in [0, 1000), as the engine feeds it
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    batch: int
+    calls: int
+    total_s: float
+    median_call_s: float
+    call_s: tuple[float, ...]
+    cpu_s: float  # CPU time of the calls: unlike wall time, other processes on the core do not inflate it
+
+    @property
+    def evals_per_s(self) -> float:
+        """images x steps per second over all calls (mean, like served throughput over a window)."""
+        return self.batch * self.calls / self.total_s
+
+    @property
+    def evals_per_cpu_s(self) -> float:
+        return self.batch * self.calls / self.cpu_s
+
+    @property
+    def evals_per_s_median(self) -> float:
+        """From the median call: what the core gives when nothing else competes for it."""
+        return self.batch / self.median_call_s
+
+
+def pooled_median_evals_per_s(*runs: Ceiling) -> float:
+    """The ceiling from the median call of several runs at one batch size."""
+    batch = {run.batch for run in runs}
+    assert len(batch) == 1, f"runs at different batch sizes: {batch}"
+    return batch.pop() / statistics.median([t for run in runs for t in run.call_s])
+
+
+@torch.no_grad()
+def measure(model: LoadedModel, batch: int, calls: int, warmup: int = 3, seed: int = 0) -> Ceiling:
+    generator = torch.Generator().manual_seed(seed)
+    manifest = model.manifest
+    shape = (batch, manifest.image_channels, manifest.image_size, manifest.image_size)
+    x = torch.randn(shape, generator=generator)
+    diffusion = manifest.diffusion
+    t_max = RESCALED_T if diffusion.rescale_timesteps else float(diffusion.num_timesteps)
+    t = torch.rand(batch, generator=generator) * t_max  # per-row timesteps
+    y = None
+    if manifest.num_classes is not None:
+        y = torch.randint(0, manifest.num_classes, (batch,), generator=generator)
+    for _ in range(warmup):
+        model.denoiser(x, t, y)
+    times = []
+    cpu_start = time.process_time()
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.denoiser(x, t, y)
+        times.append(time.perf_counter() - start)
+    cpu = time.process_time() - cpu_start
+    return Ceiling(batch, calls, sum(times), statistics.median(times), tuple(times), cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Raw batched UNet throughput (random fmnist-small).")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    pin_threads()
+    _, model = random_model()
+    for batch in args.batch:
+        c = measure(model, batch, args.calls)
+        median_ms = c.median_call_s * 1000
+        print(f"batch {batch}: {c.evals_per_s:.1f} images*steps/s ({median_ms:.1f} ms/call median)")
+
+
+if __name__ == "__main__":
+    main()
