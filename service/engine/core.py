@@ -198,6 +198,7 @@ class EngineCore:
                 self.scheduler.release(row)
             self._iteration_seconds = 0.9 * self._iteration_seconds + 0.1 * seconds
             self.scheduler.retry_after = self._retry_hint(running)
+            self.scheduler.seconds_per_step = self._iteration_seconds
         for row in running:
             if row.first_step_at is None:
                 row.first_step_at = now

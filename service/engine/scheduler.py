@@ -9,7 +9,9 @@ Each iteration, `schedule()`
   2. drops queued rows that were cancelled or expired (never admitted, never run),
   3. admits queued rows, oldest first, into free slots: in continuous mode whenever a slot is free, in
      run-to-completion mode only when no row is in flight (the benchmark baseline: a batch starts on an
-     empty executor and runs until its last row finishes),
+     empty executor and runs until its last row finishes). A row that cannot finish its K steps before
+     its deadline at the measured iteration time is failed at admission instead: under overload, compute
+     spent on an image that ends in a 504 anyway is taken from requests that could still make it,
   4. returns every row in a slot: the executor advances each of them by exactly one step.
 """
 
@@ -63,6 +65,7 @@ class Scheduler:
         self.run_to_completion = run_to_completion
         self.clock = clock
         self.retry_after = 1.0  # hint given with QueueFull; EngineCore refreshes it from measured speed
+        self.seconds_per_step = 0.0  # measured iteration time (EngineCore); 0 = unknown, admit everything
         self._queue: deque[RowState] = deque()
         self._running: dict[int, RowState] = {}  # slot -> row
         self._free: list[int] = list(range(num_slots))  # a heap: the lowest free slot is used first
@@ -131,14 +134,18 @@ class Scheduler:
                 plan.dropped.append((row, error))
         self._queue = kept
         if not self.run_to_completion or not self._running:
-            plan.admitted = self._admit(now)
+            plan.admitted = self._admit(now, plan.dropped)
         plan.running = self.running_rows()
         return plan
 
-    def _admit(self, now: float) -> list[RowState]:
+    def _admit(self, now: float, dropped: list[tuple[RowState, EngineError]]) -> list[RowState]:
         admitted = []
         while self._queue and self._free:
             row = self._queue.popleft()
+            late = _cannot_finish(row, now, self.seconds_per_step)
+            if late is not None:
+                dropped.append((row, late))
+                continue
             row.slot = heapq.heappop(self._free)
             row.status = RowStatus.RUNNING
             row.admitted_at = now
@@ -165,6 +172,20 @@ class Scheduler:
         rows = [*self.evict_running(), *self._queue]
         self._queue.clear()
         return rows
+
+
+def _cannot_finish(row: RowState, now: float, seconds_per_step: float) -> EngineError | None:
+    """DeadlineExceeded when K steps at the measured iteration time end after the row's deadline."""
+    deadline = row.request.deadline
+    if deadline is None or seconds_per_step <= 0:
+        return None
+    needed = row.num_steps * seconds_per_step
+    if now + needed <= deadline:
+        return None
+    return DeadlineExceeded(
+        f"request {row.request.group_id!r} cannot finish K={row.num_steps} steps before its deadline "
+        f"(about {needed:.1f} s needed at the current load, {max(deadline - now, 0.0):.1f} s left)"
+    )
 
 
 def _drop_reason(row: RowState, now: float) -> EngineError | None:

@@ -99,6 +99,25 @@ def test_expired_queued_rows_fail_before_admission() -> None:
     assert fake.order() == ["long/0"]
 
 
+def test_rows_that_cannot_finish_before_their_deadline_are_failed_at_admission() -> None:
+    """With a measured iteration time, a row needing K steps past its deadline never takes a slot."""
+    fake = FakeExecutor(slots=1)
+    fake.scheduler.seconds_per_step = 1.0  # one fake time unit per iteration, as the fake executor runs
+    (hopeless,) = fake.submit("hopeless", 10, deadline=5.0)
+    (feasible,) = fake.submit("feasible", 4, deadline=5.0)
+    fake.run()
+    assert [(rid, type(e)) for rid, e in fake.dropped] == [("hopeless/0", DeadlineExceeded)]
+    assert "cannot finish K=10 steps" in str(fake.dropped[0][1]) and hopeless.slot is None
+    assert feasible.admitted_at == 0.0 and fake.order() == ["feasible/0"]
+
+
+def test_unknown_iteration_time_admits_everything() -> None:
+    fake = FakeExecutor(slots=1)
+    (row,) = fake.submit("r", 10, deadline=50.0)
+    fake.run()
+    assert fake.order() == ["r/0"] and row.admitted_at == 0.0
+
+
 def test_in_flight_rows_past_their_deadline_are_failed_and_free_their_slot() -> None:
     fake = FakeExecutor(slots=1)
     (slow,) = fake.submit("slow", 100, deadline=5.0)
