@@ -17,7 +17,9 @@ def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
     for sampler in sorted({p.sampler for p in tradeoff.points}):
         points = tradeoff.for_sampler(sampler)
         ks = [p.steps for p in points]
-        ax_fid.plot(ks, [p.fid for p in points], marker="o", label=sampler)
+        counts = "/".join(str(n) for n in sorted({p.num_samples for p in points}, reverse=True))
+        # FID depends on the sample count: the legend says which counts a line mixes.
+        ax_fid.plot(ks, [p.fid for p in points], marker="o", label=f"{sampler} (n={counts})")
         ax_time.plot(ks, [p.seconds_per_image * 1000 for p in points], marker="o", label=sampler)
     floor = tradeoff.real_vs_real_fid.get("fid")
     if floor is not None:
