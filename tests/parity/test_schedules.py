@@ -12,6 +12,7 @@ from service.diffusion.respacing import RespacingError, respaced_timesteps
 from tests.golden import load_schedules, load_schedules_meta
 
 SCHEDULES = load_schedules()
+LOG_ARRAYS = {"posterior_log_variance_clipped"}
 META = load_schedules_meta()
 
 
@@ -36,7 +37,12 @@ def test_process_arrays_equal_reference_bit_for_bit(base: str, respacing: str | 
     process = base_process(_config(base)) if respacing is None else spaced_process(_config(base), respacing)
     key = f"{base}/{array}" if respacing is None else f"{base}/r{respacing}/{array}"
     expected = SCHEDULES[key].numpy()
-    np.testing.assert_array_equal(getattr(process, array), expected)
+    if array in LOG_ARRAYS:
+        # np.log is correctly rounded only to within one ulp, and numpy 1.x and 2.x differ there (the
+        # golden file was made with numpy 2.4; the Triton extra pins numpy < 2). Everything else is exact.
+        np.testing.assert_array_max_ulp(getattr(process, array), expected, maxulp=1)
+    else:
+        np.testing.assert_array_equal(getattr(process, array), expected)
 
 
 def _respacing_cases() -> list[tuple[int, str, object]]:
