@@ -11,6 +11,7 @@ awaited there. A backend bridges whatever threads or sockets it uses back onto t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -136,3 +137,21 @@ class Backend(Protocol):
         """Queue a generation; raises InvalidRequest / UnknownModel / QueueFull / EngineShuttingDown /
         EngineDead synchronously, and never blocks on the device."""
         ...
+
+
+class ProgressStream:
+    """An async iterator over a queue. A class, not an async generator, so that a timed-out
+    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
+
+    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> ProgressStream:
+        return self
+
+    async def __anext__(self) -> GenerationProgress:
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # stay finished for any later reader
+            raise StopAsyncIteration
+        return event

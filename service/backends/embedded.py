@@ -24,16 +24,16 @@ from service.backends.base import (
     GenerationResult,
     GenerationSpec,
     ModelInfo,
+    ProgressStream,
     UnknownModel,
 )
+from service.backends.triton_models import model_info
 from service.engine.errors import Cancelled, EngineError
 from service.engine.observer import EngineObserver
 from service.engine.pool import EnginePool, serving_devices
 from service.engine.request import RowProgress, RowResult, make_rows
 from service.engine.settings import EngineSettings
-from service.model.manifest import read_manifest
 from service.model.store import load_model
-from service.quality.tradeoff import read_tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class EmbeddedBackend:
             torch.set_num_threads(self.torch_threads)
         devices = _devices(self.device)
         for model_dir in self.model_dirs:
-            info = _model_info(model_dir)
+            info = model_info(model_dir)
             if info.name in self._pools:
                 raise BackendStartupError(f"{model_dir}: a model named {info.name!r} is already served")
             observer = self.observer_for(info.name) if self.observer_for else None
@@ -165,10 +165,10 @@ class EmbeddedGeneration:
         # shield: a caller that stops waiting (timeout, disconnect) must not cancel the shared future.
         return await asyncio.shield(self._future)
 
-    def progress(self) -> _ProgressStream:
+    def progress(self) -> ProgressStream:
         if self._progress is None:
             raise RuntimeError("submit with progress=True to stream progress")
-        return _ProgressStream(self._progress)
+        return ProgressStream(self._progress)
 
     def cancel(self) -> None:
         self._pool.cancel(self.id)
@@ -213,24 +213,6 @@ class EmbeddedGeneration:
             self._progress.put_nowait(None)
 
 
-class _ProgressStream:
-    """An async iterator over a queue. A class, not an async generator, so that a timed-out
-    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
-
-    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
-        self._queue = queue
-
-    def __aiter__(self) -> _ProgressStream:
-        return self
-
-    async def __anext__(self) -> GenerationProgress:
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)  # stay finished for any later reader
-            raise StopAsyncIteration
-        return event
-
-
 def _combine(spec: GenerationSpec, results: list[RowResult]) -> GenerationResult | EngineError:
     """All images, or the error that ended the request (the first one that was not our own cancel)."""
     errors = [r.error for r in results if not r.ok]
@@ -243,26 +225,6 @@ def _combine(spec: GenerationSpec, results: list[RowResult]) -> GenerationResult
         steps=spec.steps,
         queue_seconds=max(r.queue_seconds for r in results),
         total_seconds=max(r.total_seconds for r in results),
-    )
-
-
-def _model_info(model_dir: Path) -> ModelInfo:
-    if not model_dir.is_dir():
-        raise BackendStartupError(f"{model_dir}: no such model folder")
-    try:
-        manifest = read_manifest(model_dir)
-        tradeoff = read_tradeoff(model_dir)
-    except (ValueError, OSError) as e:
-        raise BackendStartupError(f"{model_dir}: {e}") from e
-    return ModelInfo(
-        name=manifest.name,
-        image_size=manifest.image_size,
-        image_channels=manifest.image_channels,
-        num_classes=manifest.num_classes,
-        class_names=tuple(manifest.class_names),
-        num_timesteps=manifest.diffusion.num_timesteps,
-        learn_sigma=manifest.diffusion.learn_sigma,
-        tradeoff=tradeoff,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.backends.base import GenerationProgress, GenerationResult, GenerationSpec
+from service.backends.base import GenerationProgress, GenerationResult, GenerationSpec, ProgressStream
 from service.backends.triton_routing import WorkerState
 from service.engine.errors import EngineError
 from service.engine.observer import EngineObserver
@@ -153,21 +153,3 @@ class TritonGeneration:
             self.timer.cancel()
         if self._progress is not None:
             self._progress.put_nowait(None)
-
-
-class ProgressStream:
-    """An async iterator over a queue. A class, not an async generator, so that a timed-out
-    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
-
-    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
-        self._queue = queue
-
-    def __aiter__(self) -> ProgressStream:
-        return self
-
-    async def __anext__(self) -> GenerationProgress:
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)  # stay finished for any later reader
-            raise StopAsyncIteration
-        return event

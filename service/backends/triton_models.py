@@ -1,5 +1,6 @@
-"""What the Triton gateway knows of a model without loading it: ModelInfo from its folder's model.json and
-tradeoff.json (the weights stay on the workers), and the request checks the engine would make on submit."""
+"""What a gateway knows of a model without loading it: ModelInfo from its folder's model.json and
+tradeoff.json (both backends use it; on Triton the weights stay on the workers), and the request checks
+the engine would make on submit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from service.quality.tradeoff import read_tradeoff
 
 def model_info(model_dir: Path) -> ModelInfo:
     """A model folder's ModelInfo from its manifest and tradeoff.json (the weights are not read)."""
+    if not model_dir.is_dir():
+        raise BackendStartupError(f"{model_dir}: no such model folder")
     if not (model_dir / "model.json").is_file():
         raise BackendStartupError(f"{model_dir}: no model.json (DDPM_MODEL_DIRS must name model folders)")
     try:
