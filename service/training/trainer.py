@@ -94,8 +94,12 @@ def resume_run(config: TrainConfig, run_dir: Path) -> Run:
     """The saved run, continued with the new step target; other settings must match."""
     state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
     saved = TrainConfig(**state["config"])
-    if dataclasses.replace(saved, steps=config.steps) != config:
-        raise ValueError(f"{run_dir}: saved settings {saved} differ from {config}; only --steps may change")
+    # Only settings that do not change the math may differ: the step target and how often to save.
+    if dataclasses.replace(saved, steps=config.steps, checkpoint_every=config.checkpoint_every) != config:
+        raise ValueError(
+            f"{run_dir}: saved settings {saved} differ from {config}; "
+            "only --steps and --checkpoint-every may change"
+        )
     run = new_run(config)
     run.model.load_state_dict(state["model"])
     run.ema.load_state_dict(state["ema"])
