@@ -11,55 +11,18 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from PIL import Image
 
 from service.api.app import create_app
 from tests.api.helpers import ModelDirs, make_settings
+from tests.live_server import TIMEOUT, is_ready, served, wait_for
 
-TIMEOUT = 60.0
 LONG = {"class_label": 1, "steps": 1000}  # ~15 s on the tiny model: far longer than any wait below
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def is_ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@contextmanager
-def threaded_server(app: FastAPI) -> Iterator[str]:
-    """uvicorn on a loopback socket bound here (no port race), in a thread of this process."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        wait_for(lambda: is_ready(base), what="readiness")
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        sock.close()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -73,7 +36,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def test_client_disconnect_cancels_its_rows(model_dirs: ModelDirs) -> None:
     app = create_app(make_settings(model_dirs))
-    with threaded_server(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+    with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
         pool = app.state.context.backend.pool("tiny")
 
         def idle() -> bool:
