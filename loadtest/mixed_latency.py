@@ -137,6 +137,22 @@ class MixedResult:
         return notes
 
 
+def replay(base_url: str, arrivals: list[Arrival], cap_s: float) -> tuple[list[Outcome], float]:
+    """One mode's run of the shared schedule: its outcomes and wall time."""
+    start = time.perf_counter()
+    outcomes = asyncio.run(
+        driver.open_loop(
+            base_url,
+            arrivals,
+            wall_cap_s=cap_s,
+            client_timeout_s=cap_s + 60,
+            timeout_ms=600_000,  # no server deadline: the wall cap decides, the same for all modes
+            start=start,
+        )
+    )
+    return outcomes, time.perf_counter() - start
+
+
 def run(
     model_dir: Path,
     capacity: float,
@@ -158,18 +174,7 @@ def run(
     for name, config in configs.items():
         load_start = load_average()
         with Server(config) as server:
-            start = time.perf_counter()
-            outcomes = asyncio.run(
-                driver.open_loop(
-                    server.base_url,
-                    arrivals,
-                    wall_cap_s=cap_s,
-                    client_timeout_s=cap_s + 60,
-                    timeout_ms=600_000,  # no server deadline: the wall cap decides, the same for all modes
-                    start=start,
-                )
-            )
-            elapsed = time.perf_counter() - start
+            outcomes, elapsed = replay(server.base_url, arrivals, cap_s)
         modes.append(ModeResult(name, config, outcomes, elapsed, (load_start, load_average())))
     return MixedResult(capacity, capacity_source, rate, duration_s, cap_s, arrivals, modes)
 

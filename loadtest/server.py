@@ -34,6 +34,7 @@ class ServerConfig:
     torch_threads: int = 1  # one core of two is taken by training: every benchmark process gets one thread
     warmup_iterations: int = 2
     drain_timeout_s: float = 30.0
+    triton_urls: tuple[str, ...] = ()  # non-empty: the gateway serves through these Triton workers
 
     def env(self) -> dict[str, str]:
         # DDPM_* from the caller's shell are dropped: a stray DDPM_MAX_BATCH would change what is measured.
@@ -54,10 +55,14 @@ class ServerConfig:
             OMP_NUM_THREADS=str(self.torch_threads),
             MKL_NUM_THREADS=str(self.torch_threads),
         )
+        if self.triton_urls:
+            env.update(DDPM_BACKEND="triton", DDPM_TRITON_URLS=",".join(self.triton_urls))
         return env
 
     def describe(self) -> str:
         mode = "run-to-completion" if self.run_to_completion else "continuous"
+        if self.triton_urls:
+            return f"gateway with DDPM_BACKEND=triton over {len(self.triton_urls)} worker(s)"
         return (
             f"DDPM_MAX_BATCH={self.max_batch}, DDPM_MAX_QUEUE={self.max_queue}, {mode}, "
             f"DDPM_TORCH_THREADS={self.torch_threads}, device cpu, fp32 eager"

@@ -7,8 +7,8 @@ response (its images, or its error) when its last image ends, and PROGRESS respo
 the request asked for them. A request with CANCEL set cancels the images of the REQUEST_ID it names.
 
 Device: the instance's kind (KIND_GPU: that GPU, else the CPU). Engine settings come from the model
-config's `parameters` (max_batch, max_queue, precision, compile, warmup_iterations, torch_threads,
-drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names another.
+config's `parameters` (max_batch, max_queue, precision, compile, run_to_completion, warmup_iterations,
+torch_threads, drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names another.
 `initialize` returns only after warm-up, so Triton reports the model READY only when it can serve.
 """
 
@@ -202,8 +202,9 @@ def engine_settings(params: dict[str, str]) -> EngineSettings:
             kwargs[key] = int(params[key])
     if params.get("precision"):
         kwargs["precision"] = Precision(params["precision"])
-    if params.get("compile") in ("true", "false"):
-        kwargs["compile"] = params["compile"] == "true"
+    for key in ("compile", "run_to_completion"):  # run_to_completion: the benchmark's baseline only
+        if params.get(key) in ("true", "false"):
+            kwargs[key] = params[key] == "true"
     return EngineSettings(**kwargs)
 
 

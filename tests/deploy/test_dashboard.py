@@ -25,7 +25,7 @@ from service.model.store import random_model_dir
 from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
 from tests.deploy.conftest import DASHBOARD, DOCKER
 from tests.triton_e2e.gateway import gateway_settings, served
-from tests.triton_e2e.server import free_port
+from loadtest.tritonserver import free_port
 
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from tests.triton_e2e.conftest import MODEL
 from tests.triton_e2e.gateway import TIMEOUT, gateway_settings, is_ready, served, wait_for
-from tests.triton_e2e.server import TritonProcess
+from loadtest.tritonserver import TritonProcess
 
 pytestmark = pytest.mark.slow
 

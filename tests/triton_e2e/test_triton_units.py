@@ -56,6 +56,16 @@ def test_config_pbtxt_declares_the_protocols_tensors(tmp_path) -> None:  # type:
     assert "TritonPythonModel" in (tmp_path / "1" / "model.py").read_text()
 
 
+def test_worker_engine_settings_come_from_config_parameters() -> None:
+    from service.backends.triton_worker import engine_settings
+    from service.engine.settings import EngineSettings
+
+    assert engine_settings({}) == EngineSettings()
+    chosen = engine_settings({"max_batch": "8", "run_to_completion": "true", "compile": "false"})
+    assert chosen.max_batch == 8 and chosen.run_to_completion and not chosen.compile
+    assert not engine_settings({"run_to_completion": "false"}).run_to_completion
+
+
 def test_router_picks_the_least_loaded_live_worker() -> None:
     router = Router(["a:1", "b:1", "c:1"])
     a, b, c = router.workers

@@ -5,6 +5,9 @@ utilities and a *symbolic link* to the stub for this Python (the stub finds its 
 relative to its real path); this interpreter's libdir first on LD_LIBRARY_PATH (else the stub loads the
 system's libpython) and the virtual environment's bin/ first on PATH (so the stub imports this venv's
 packages, ddpm-serve included).
+
+Used by the real-server tests (tests/triton_e2e) and by the gateway-over-Triton benchmark
+(loadtest.triton_bench). In NVIDIA's Triton container none of this is needed.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ class TritonProcess:
 
     def start(self) -> None:
         root = pytriton_root()
-        assert root is not None
+        if root is None:
+            raise RuntimeError(missing_reason() or "no tritonserver binary")
         args = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
@@ -122,13 +126,15 @@ class TritonProcess:
         client = grpcclient.InferenceServerClient(self.url)
         try:
             while True:
-                assert self.process is not None and self.process.poll() is None, self._failure("exited")
+                if self.process is None or self.process.poll() is not None:
+                    raise RuntimeError(self._failure("exited"))
                 try:
                     if client.is_server_ready() and all(client.is_model_ready(m) for m in self.models):
                         return
-                except Exception:
+                except Exception:  # not listening yet: keep polling until the deadline
                     pass
-                assert time.monotonic() < deadline, self._failure("was not ready in time")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(self._failure("was not ready in time"))
                 time.sleep(0.2)
         finally:
             client.close()
@@ -151,3 +157,42 @@ class TritonProcess:
     def _failure(self, what: str) -> str:
         tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
         return f"tritonserver on {self.url} {what}; log tail:\n{tail}"
+
+
+def main() -> None:
+    """Run one tritonserver on a model repository until Ctrl-C (local development and load tests)."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Start a real tritonserver on a model repository")
+    parser.add_argument("--repository", type=Path, default=Path("model_store"))
+    parser.add_argument("--model", action="append", required=True, help="model folder to load (repeatable)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8002)
+    parser.add_argument("--metrics-port", type=int, default=8003)
+    args = parser.parse_args()
+    reason = missing_reason()
+    if reason is not None:
+        parser.error(reason)
+    missing = [m for m in args.model if not (args.repository / m / "config.pbtxt").is_file()]
+    if missing:
+        parser.error(f"no config.pbtxt for {', '.join(missing)} under {args.repository}")
+    workdir = Path(tempfile.mkdtemp(prefix="tritonserver-"))
+    server = TritonProcess(
+        args.repository.resolve(), args.model, workdir, args.grpc_port, args.http_port, args.metrics_port
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        print(f"tritonserver ready: gRPC {server.url}, metrics :{args.metrics_port}; log {server.log_path}")
+        print(f"gateway: DDPM_BACKEND=triton DDPM_TRITON_URLS={server.url} ddpm-serve")
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
