@@ -181,6 +181,8 @@ def main() -> None:
     server = TritonProcess(
         args.repository.resolve(), args.model, workdir, args.grpc_port, args.http_port, args.metrics_port
     )
+    # SIGTERM (and Ctrl-C) stop the server and its stubs through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.start()
     try:
         server.wait_ready()
