@@ -8,7 +8,8 @@ the request asked for them. A request with CANCEL set cancels the images of the 
 
 Device: the instance's kind (KIND_GPU: that GPU, else the CPU). Engine settings come from the model
 config's `parameters` (max_batch, max_queue, precision, compile, run_to_completion, warmup_iterations,
-torch_threads, drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names another.
+torch_threads, drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names
+another.
 `initialize` returns only after warm-up, so Triton reports the model READY only when it can serve.
 """
 
