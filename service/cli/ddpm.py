@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from service.cli.quality_commands import add_train_classifier_parser
+from service.cli.quality_commands import add_train_classifier_parser, add_variance_fit_parser
 from service.diffusion.config import VarianceType
 from service.diffusion.respacing import RespacingError
 from service.diffusion.sampling import Sampler
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tradeoff)
 
     add_train_classifier_parser(sub)
+    add_variance_fit_parser(sub)
 
     p = sub.add_parser("presets", help="list the architecture presets")
     p.set_defaults(func=cmd_presets)
