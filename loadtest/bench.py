@@ -103,6 +103,8 @@ RERUN = """## How to rerun
 .venv/bin/python -m loadtest.idle --repeats 20                     # (c) alone
 .venv/bin/python -m loadtest.overload --duration 60                # (d) alone
 .venv/bin/python -m loadtest.gpu_check --out gpu.md                # on a CUDA machine (see GPU)
+.venv/bin/python -m loadtest.triton_bench                        # gateway over Triton vs embedded
+.venv/bin/python -m loadtest.replay --base-url URL --out DIR      # any deployment, any K mix
 ```
 
 Every server is started on 127.0.0.1 and stopped by its PID; each load run is bounded in request count
