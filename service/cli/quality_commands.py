@@ -75,6 +75,11 @@ def cmd_variance_fit(args: argparse.Namespace) -> None:
         print(f"| {fit.step} | {fit.timestep} | {fit.head_frac:.3f} | {fit.optimal_frac:.3f} |")
     gap = sum(abs(f.head_frac - f.optimal_frac) for f in fits) / len(fits)
     print(f"\nmean |head - optimal| over these steps: {gap:.3f}")
+    if args.plot:
+        from service.quality.plots import plot_variance_fit
+
+        title = f"{model.name}: variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
+        print(f"wrote {plot_variance_fit(fits, title, Path(args.plot))}")
 
 
 def add_variance_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,6 +92,7 @@ def add_variance_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=12, help="how many steps to report, evenly spaced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plot", help="also draw the two weights against t into this PNG")
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
     p.set_defaults(func=cmd_variance_fit)
     return p

@@ -1,10 +1,12 @@
-"""Figure of the trade-off: FID vs K per sampler (log K axis) and latency vs K."""
+"""Figures: the trade-off (FID vs K per sampler, log K axis, and latency vs K) and the variance fit."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from service.quality.tradeoff import Tradeoff
+from service.quality.variance_fit import StepFit
 
 
 def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
@@ -36,6 +38,32 @@ def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
     ax_time.set_yscale("log")
     ax_time.set_ylabel("ms per image (batched sampling)")
     ax_time.set_title(tradeoff.machine, fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_variance_fit(fits: Sequence[StepFit], title: str, out: Path) -> Path:
+    """The head's interpolation weight and the KL-optimal one against the training step t."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    t = [f.timestep for f in fits]
+    ax.plot(t, [f.head_frac for f in fits], marker="o", label="variance head: (v + 1) / 2")
+    ax.plot(t, [f.optimal_frac for f in fits], marker="s", label="KL-optimal for this model's mean")
+    ax.axhline(0.0, color="grey", linestyle=":", label="fixed small (β̃)")
+    ax.axhline(1.0, color="grey", linestyle="--", label="fixed large (β)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("training step t of the sampling step")
+    ax.set_ylabel("weight of log β in log Σ")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

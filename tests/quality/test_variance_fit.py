@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from service.cli.ddpm import main as ddpm
 from service.data.fashion_mnist import DEFAULT_DIR
@@ -89,11 +90,25 @@ def test_steps_are_checked_and_spread() -> None:
     not (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="needs the Debian package dataset-fashion-mnist (.ci/run installs it)",
 )
-def test_cli_reports_the_bundled_models_head(capsys: pytest.CaptureFixture[str]) -> None:
-    assert ddpm(["variance-fit", "--model", str(BUNDLED), "--steps", "10", "--num-images", "8"]) == 0
+def test_cli_reports_the_bundled_models_head(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    plot = tmp_path / "fit.png"
+    args = [
+        "variance-fit",
+        "--model",
+        str(BUNDLED),
+        "--steps",
+        "10",
+        "--num-images",
+        "8",
+        "--plot",
+        str(plot),
+    ]
+    assert ddpm(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 9 and "mean |head - optimal|" in out
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
 
 
 def test_cli_refuses_models_without_packaged_test_images(tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
