@@ -143,6 +143,7 @@ def calibrate(
     )
     tradeoff.machine = machine_name()
     tradeoff.real_vs_real_fid = real_vs_real(classifier, plan.num_samples, data_dir)
+    tradeoff.add_floor(plan.num_samples, float(tradeoff.real_vs_real_fid["fid"]))
     points = []
     for sampler in plan.samplers:
         for steps in plan.steps:

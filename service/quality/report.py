@@ -22,7 +22,13 @@ def tradeoff_markdown(tradeoff: Tradeoff) -> str:
         f"Model `{tradeoff.model}`; features: {tradeoff.feature_extractor}; "
         f"reference: {tradeoff.reference_set}; machine: {tradeoff.machine}.",
         "",
-        f"Real-vs-real FID (train vs test, {floor.get('num_samples')} images): {_fmt(floor.get('fid'), 2)}.",
+        f"Real-vs-real FID (train vs test, {floor.get('num_samples')} images): {_fmt(floor.get('fid'), 2)}"
+        + "".join(
+            f"; {n} images: {fid:.2f}"
+            for n, fid in tradeoff.noise_floors.items()
+            if n != str(floor.get("num_samples"))
+        )
+        + ".",
         "",
         "| sampler | K | samples | FID | precision | recall | class accuracy | bits/dim | ms/image |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -39,8 +39,15 @@ class Tradeoff:
     machine: str
     feature_extractor: str
     reference_set: str
-    real_vs_real_fid: dict[str, float | int] = field(default_factory=dict)
+    real_vs_real_fid: dict[str, float | int] = field(default_factory=dict)  # at the latest run's count
     points: list[TradeoffPoint] = field(default_factory=list)
+    # Real-vs-real FID at every sample count the points use ("500" -> FID): FID is biased by the count, so
+    # each point is read against the floor at its own count.
+    noise_floors: dict[str, float] = field(default_factory=dict)
+
+    def add_floor(self, num_samples: int, fid: float) -> None:
+        self.noise_floors[str(num_samples)] = fid
+        self.noise_floors = dict(sorted(self.noise_floors.items(), key=lambda item: -int(item[0])))
 
     def merge(self, points: list[TradeoffPoint]) -> None:
         """New points replace old ones of the same (sampler, K)."""

@@ -90,14 +90,18 @@ def test_calibrate_writes_table_and_plot(fmnist_dirs: tuple[Path, Path], tmp_pat
         "--samplers",
         "ddim",
         "--num-samples",
-        "12",
+        "10",
         "--plot",
         str(plot),
     )
     assert result.returncode == 0, result.stderr
-    assert len(read_tradeoff(model).points) == 5  # type: ignore[union-attr]
+    table = read_tradeoff(model)
+    assert table is not None and len(table.points) == 5
+    # Each sample count keeps its own real-vs-real floor: FID is only comparable at equal counts.
+    assert list(table.noise_floors) == ["12", "10"] and table.real_vs_real_fid["num_samples"] == 10
     table_text = ddpm("tradeoff", "--model", str(model))
     assert table_text.returncode == 0 and table_text.stdout.count("\n| ") == 6  # header + 5 points
+    assert "(train vs test, 10 images)" in table_text.stdout and "; 12 images:" in table_text.stdout
 
 
 def test_grid_has_one_row_per_class_and_one_column_per_k(
