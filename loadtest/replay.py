@@ -29,6 +29,7 @@ import httpx
 
 from loadtest import driver, report
 from loadtest.driver import Arrival, Outcome, Percentile
+from service.quality import plots
 
 QUANTILES = (50, 90, 95, 99)
 DEFAULT_MIX = "10:3,25:2,50:2,100:1,250:1"
@@ -179,12 +180,7 @@ def summarize(base_url: str, mode: str, started_utc: str, outcomes: Sequence[Out
 
 
 def plot_latency(result: ReplayReport, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plots.subplots(figsize=(6.5, 4.2))
     for q, marker in zip((50, 95, 99), ("o", "s", "^"), strict=True):
         points = [(r.steps, p.seconds) for r in result.rows if (p := r.percentiles[q]) is not None]
         if points:
@@ -197,11 +193,7 @@ def plot_latency(result: ReplayReport, out: Path) -> Path:
     ax.set_title(f"{result.base_url} — {result.requests_per_s:.2f} req/s served", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return plots.save(fig, out)
 
 
 def run_open_loop(

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from service.quality.tradeoff import Tradeoff
 from service.quality.variance_fit import StepFit
 
 
-def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """plt.subplots on the file-only Agg backend (servers have no display); matplotlib loads lazily."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display on servers
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_fid, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    return plt.subplots(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+def save(fig: Any, out: Path) -> Path:
+    """Lay out, write the PNG (parents created) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
+    fig, (ax_fid, ax_time) = subplots(1, 2, figsize=(11, 4.2))
     for sampler in sorted({p.sampler for p in tradeoff.points}):
         points = tradeoff.for_sampler(sampler)
         ks = [p.steps for p in points]
@@ -39,21 +56,12 @@ def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
     ax_time.set_yscale("log")
     ax_time.set_ylabel("ms per image (batched sampling)")
     ax_time.set_title(tradeoff.machine, fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def plot_variance_fit(fits: Sequence[StepFit], title: str, out: Path) -> Path:
     """The head's interpolation weight and the KL-optimal one against the training step t."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    fig, ax = subplots(figsize=(6.5, 4.0))
     t = [f.timestep for f in fits]
     ax.plot(t, [f.head_frac for f in fits], marker="o", label="variance head: (v + 1) / 2")
     ax.plot(t, [f.optimal_frac for f in fits], marker="s", label="KL-optimal for this model's mean")
@@ -65,8 +73,4 @@ def plot_variance_fit(fits: Sequence[StepFit], title: str, out: Path) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
