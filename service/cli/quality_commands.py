@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.quality import train_classifier as training
+
+if TYPE_CHECKING:  # the heavy imports stay inside the commands, so `ddpm --help` is quick
+    from service.model.store import LoadedModel
+    from service.quality.variance_fit import StepFit
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -52,6 +57,13 @@ def cmd_variance_fit(args: argparse.Namespace) -> None:
 
     if args.num_images < 1 or args.rows < 2:
         raise ValueError("--num-images must be >= 1 and --rows >= 2")
+    score_steps = _step_list(args.score_optimal_head) if args.score_optimal_head else []
+    refit_ok = args.refit_samples >= 0 and args.refit_rounds >= 1
+    if score_steps and not (args.num_samples >= 10 and args.fit_rows >= 2 and refit_ok):
+        raise ValueError(
+            "--num-samples must be >= 10, --fit-rows >= 2, --refit-samples >= 0 and --refit-rounds >= 1 "
+            "for --score-optimal-head"
+        )
     torch.set_num_threads(args.threads)
     model = load_model(Path(args.model))
     if (model.manifest.image_size, model.manifest.image_channels) != (28, 1):
@@ -80,6 +92,85 @@ def cmd_variance_fit(args: argparse.Namespace) -> None:
 
         title = f"{model.name}: variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
         print(f"wrote {plot_variance_fit(fits, title, Path(args.plot))}")
+    if score_steps:
+        full = spaced_process(model.manifest.diffusion)
+        rows = evenly_spaced_steps(full.num_timesteps, args.fit_rows)
+        full_fits = variance_fit(model.denoiser, full, x_start, y, generator, rows)
+        score_optimal_head(model, full_fits, score_steps, args)
+
+
+def _step_list(text: str) -> list[int]:
+    try:
+        steps = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--score-optimal-head takes step counts like 10,25,50, got {text!r}") from None
+    if min(steps) < 1:
+        raise ValueError("--score-optimal-head step counts must be >= 1")
+    return steps
+
+
+COMPARED = ("ddpm", "fixed-small", "fixed-large")  # tradeoff.json rows printed beside the replaced heads
+COLUMNS = ("trained head", "fixed-small", "fixed-large")
+
+
+def score_optimal_head(
+    model: LoadedModel, fits: Sequence[StepFit], steps: list[int], args: argparse.Namespace
+) -> None:
+    """DDPM with the head replaced by frac*(t) of the T-step process (and, with --refit-samples, with the
+    head refit to its L_vlb minimum), scored like `ddpm calibrate`."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from service.data.fashion_mnist import load_split, to_model_space
+    from service.quality.calibrate import CalibrationPlan, score_point
+    from service.quality.classifier import load_classifier
+    from service.quality.head_refit import refit_head
+    from service.quality.metrics import extract_features
+    from service.quality.optimal_head import with_optimal_head
+    from service.quality.tradeoff import read_tradeoff
+
+    plan = CalibrationPlan(steps=tuple(steps), samplers=("ddpm",), num_samples=args.num_samples)
+    classifier = load_classifier(args.classifier)
+    real = extract_features(classifier, to_model_space(load_split("test", args.data_dir)[0]))
+    heads = {"KL-optimal": with_optimal_head(model, fits)}
+    record: dict[str, Any] = {"fit_images": args.num_images, "fits": [asdict(f) for f in fits]}
+    if args.refit_samples:
+        images, labels = load_split("train", args.data_dir)
+        y = torch.as_tensor(labels).long() if model.manifest.num_classes else None
+        generator = torch.Generator().manual_seed(args.seed)
+        heads["refit"], refit = refit_head(
+            model, to_model_space(images), y, args.refit_samples, generator, rounds=args.refit_rounds
+        )
+        record["refit"] = asdict(refit)
+        print(
+            f"\nrefit head: mean L_t over {refit.samples} (x0, t) samples {refit.loss_before:.6f} -> "
+            f"{refit.loss_after:.6f} bits/dim"
+        )
+    table = read_tradeoff(model.path)
+    measured = {} if table is None else {(p.sampler, p.steps, p.num_samples): p.fid for p in table.points}
+    print(
+        "\nDDPM with the head replaced: KL-optimal = the T-step KL-optimal weight "
+        f"({len(fits)} fitted steps); "
+        f"refit = the head's weights at their L_vlb minimum. {args.num_samples} samples, seed {plan.seed}; "
+        "the last three columns are tradeoff.json's FIDs at the same count"
+    )
+    print("| head | K | FID | precision | recall | class accuracy | " + " | ".join(COLUMNS) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    points = []
+    for name, head in heads.items():
+        for k in steps:
+            p = score_point(head, classifier, real, plan, "ddpm", k, lambda phase, n: None)
+            points.append(asdict(p) | {"sampler": f"ddpm, {name} head"})
+            others = [measured.get((sampler, k, args.num_samples)) for sampler in COMPARED]
+            cells = " | ".join("–" if fid is None else f"{fid:.2f}" for fid in others)
+            accuracy = float("nan") if p.class_accuracy is None else p.class_accuracy
+            scores = f"{p.fid:.2f} | {p.precision:.3f} | {p.recall:.3f} | {accuracy:.3f}"
+            print(f"| {name} | {k} | {scores} | {cells} |", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(record | {"points": points}, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 def add_variance_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -93,6 +184,25 @@ def add_variance_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot", help="also draw the two weights against t into this PNG")
+    p.add_argument(
+        "--score-optimal-head",
+        metavar="K,K,...",
+        help="also sample DDPM at these K with the head replaced by the KL-optimal weight of the T-step "
+        "process (what L_vlb would teach it) and score FID etc. as calibrate does",
+    )
+    p.add_argument(
+        "--refit-samples",
+        type=int,
+        default=0,
+        help="also refit the head's own weights to their L_vlb minimum (trunk frozen) on this many "
+        "(training image, t, noise) triples, t spread evenly over the T steps, and score that head too; "
+        "0 skips it",
+    )
+    p.add_argument("--refit-rounds", type=int, default=4, help="L-BFGS rounds of 20 iterations in the refit")
+    p.add_argument("--fit-rows", type=int, default=120, help="T-step process steps fitted for that weight")
+    p.add_argument("--num-samples", type=int, default=500, help="samples per K for --score-optimal-head")
+    p.add_argument("--classifier", default="model_store/fmnist-classifier", help="feature extractor")
+    p.add_argument("--out", help="write the fitted weights and scores of --score-optimal-head as JSON")
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
     p.set_defaults(func=cmd_variance_fit)
     return p

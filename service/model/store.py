@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from service.diffusion.sampling import Denoiser
 from service.model.checkpoint import (
     check_state_dict,
     expected_shapes,
@@ -30,7 +31,7 @@ class ModelStoreError(ValueError):
 class LoadedModel:
     manifest: ModelManifest
     net: nn.Module
-    denoiser: EpsVDenoiser
+    denoiser: Denoiser  # EpsVDenoiser when loaded; quality checks may swap in a wrapper
     path: Path
 
     @property

@@ -68,6 +68,15 @@ def _check_sets(real: torch.Tensor, fake: torch.Tensor, min_samples: int) -> Non
         raise FeatureSetError(
             f"need at least {min_samples} samples per set, got {len(real)} real, {len(fake)} fake"
         )
+    for name, features in (("real", real), ("fake", fake)):
+        # LAPACK inside the FID's eigen-decomposition can crash the process on NaN input, so a model whose
+        # samples overflowed (e.g. an unconstrained variance head far out of range) fails here instead.
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        if bad:
+            raise FeatureSetError(
+                f"{bad} of {len(features)} {name} feature vectors are not finite (NaN/inf); "
+                "check that the samples are finite images"
+            )
 
 
 def _fid_metric(feature: nn.Module) -> FrechetInceptionDistance:

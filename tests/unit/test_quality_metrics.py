@@ -61,6 +61,15 @@ def test_fid_rejects_mismatched_or_tiny_sets() -> None:
         frechet_distance(_features(n=1), _features())
 
 
+def test_non_finite_features_are_refused_not_crashed_on() -> None:
+    real, fake = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
+    fake[3, 1], fake[7, 0] = float("nan"), float("inf")
+    with pytest.raises(FeatureSetError, match="2 of 20 fake feature vectors are not finite"):
+        frechet_distance(real, fake)
+    with pytest.raises(FeatureSetError, match="not finite"):
+        precision_recall(real, fake, k=3)
+
+
 def test_precision_recall_of_identical_sets_is_one() -> None:
     a = _features(n=300)
     assert precision_recall(a, a.clone(), k=3) == (1.0, 1.0)
