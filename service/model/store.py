@@ -98,7 +98,11 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu") -> LoadedMod
     net = build_model(manifest.architecture)
     load_into(net, read_safetensors(model_dir / manifest.weights), where=str(model_dir / manifest.weights))
     net.eval().requires_grad_(False).to(device)
-    denoiser = EpsVDenoiser(
+    return LoadedModel(manifest=manifest, net=net, denoiser=eps_v_denoiser(manifest, net), path=model_dir)
+
+
+def eps_v_denoiser(manifest: ModelManifest, net: nn.Module) -> EpsVDenoiser:
+    """The Denoiser that reads `net`'s output the way `manifest` says (learned sigma, class labels)."""
+    return EpsVDenoiser(
         net, learn_sigma=manifest.diffusion.learn_sigma, class_conditional=manifest.num_classes is not None
     )
-    return LoadedModel(manifest=manifest, net=net, denoiser=denoiser, path=model_dir)

@@ -12,6 +12,7 @@ L-BFGS minimises the mean L_t over that sample. Comparing its samples with the K
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,7 @@ from service.diffusion.coefficients import coefficient_table, gather
 from service.diffusion.losses import vb_terms_bpd
 from service.diffusion.prediction import q_sample
 from service.diffusion.process import spaced_process
-from service.model.denoiser import EpsVDenoiser
-from service.model.store import LoadedModel
+from service.model.store import LoadedModel, eps_v_denoiser
 
 CHUNK = 500  # rows per forward pass while caching, and per L_vlb evaluation while fitting
 
@@ -55,12 +55,12 @@ def head_conv(net: nn.Module) -> nn.Conv2d:
 @torch.no_grad()
 def _cache(
     model: LoadedModel,
+    table: torch.Tensor,
     x_pool: torch.Tensor,
     y_pool: torch.Tensor | None,
     samples: int,
     generator: torch.Generator,
 ) -> _Cached:
-    table = coefficient_table(spaced_process(model.manifest.diffusion), x_pool.device)
     # Stratified over [0, T): every step equally often when `samples` is a multiple of T.
     t_all = torch.arange(samples) * table.shape[0] // samples
     picks = torch.randint(0, len(x_pool), (len(t_all),), generator=generator)
@@ -100,8 +100,8 @@ def refit_head(
         raise ValueError("the model has fixed variances; there is no head to refit")
     if samples < 1 or rounds < 1:
         raise ValueError("samples and rounds must be >= 1")
-    cached = _cache(model, x_pool, y_pool, samples, generator)
     table = coefficient_table(spaced_process(model.manifest.diffusion), x_pool.device)
+    cached = _cache(model, table, x_pool, y_pool, samples, generator)
     variance_type = model.manifest.diffusion.variance_type
     channels = model.manifest.image_channels
     conv = head_conv(model.net)
@@ -147,6 +147,5 @@ def refit_head(
         head_conv(net).weight[channels:] = weight
         if bias is not None:
             head_conv(net).bias[channels:] = bias  # type: ignore[index]
-    denoiser = EpsVDenoiser(net, learn_sigma=True, class_conditional=model.manifest.num_classes is not None)
-    refit = LoadedModel(manifest=model.manifest, net=net, denoiser=denoiser, path=model.path)
+    refit = dataclasses.replace(model, net=net, denoiser=eps_v_denoiser(model.manifest, net))
     return refit, RefitResult(samples=count, loss_before=before, loss_after=after)

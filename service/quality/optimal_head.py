@@ -3,8 +3,9 @@
 The learned-range head is trained on the full T-step process (paper section 3.1, L_hybrid). For a fixed
 mean, each step's L_vlb term is minimised by the KL-optimal weight frac*(t) that `variance_fit` measures on
 the T-step process. Sampling with frac*(t) in place of the head's output therefore shows what learned-σ DDPM
-would score with a head trained to convergence on this model's mean, and the paper's claim (learned σ beats
-fixed σ as K shrinks) can be checked apart from how far the head itself got in training.
+would score with a head that can output any function of t, trained to convergence on this model's mean, and
+the paper's claim (learned σ beats fixed σ as K shrinks) can be checked apart from what this network's head
+learned (or, `head_refit`, could learn).
 
 Only v is replaced: the mean (ε) is the network's own. The weight is looked up by the training step the
 network sees, so respaced sampling transfers it exactly as it transfers a trained head.

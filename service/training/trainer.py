@@ -24,11 +24,10 @@ from service.diffusion.config import LossType
 from service.diffusion.losses import training_losses
 from service.diffusion.process import spaced_process
 from service.diffusion.timestep_sampler import LossSecondMomentSampler, UniformSampler
-from service.model.denoiser import EpsVDenoiser
 from service.model.factory import build_model
 from service.model.manifest import ModelManifest
 from service.model.presets import get_preset
-from service.model.store import manifest_from_preset, write_model_dir
+from service.model.store import eps_v_denoiser, manifest_from_preset, write_model_dir
 from service.training.config import TrainConfig
 from service.training.ema import EMA
 
@@ -118,7 +117,7 @@ def train_step(run: Run, data: torch.Tensor, labels: torch.Tensor, table: torch.
     x_start, y = data[idx], labels[idx]
     t, weights = run.sampler.sample(config.batch_size, run.generator)
     noise = torch.randn(x_start.shape, generator=run.generator)
-    denoise = EpsVDenoiser(run.model, learn_sigma=True, class_conditional=True)
+    denoise = eps_v_denoiser(manifest, run.model)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         terms = training_losses(
             denoise,
