@@ -52,12 +52,12 @@ def machine_name() -> str:
     return f"{platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
-def real_vs_real(classifier: FashionClassifier, count: int, data_dir: str | None) -> dict[str, float | int]:
+def real_vs_real_fid(classifier: FashionClassifier, count: int, data_dir: str | None) -> float:
     """FID of train images vs test images at `count` samples: the floor no model can beat at that size."""
     train_images, _ = load_split("train", data_dir)
     real = extract_features(classifier, to_model_space(load_split("test", data_dir)[0]))
     other = extract_features(classifier, to_model_space(train_images[:count]))
-    return {"num_samples": count, "fid": frechet_distance(real, other)}
+    return frechet_distance(real, other)
 
 
 def score_point(
@@ -142,8 +142,7 @@ def calibrate(
         reference_set=f"Fashion-MNIST test split ({len(real_images)} images)",
     )
     tradeoff.machine = machine_name()
-    tradeoff.real_vs_real_fid = real_vs_real(classifier, plan.num_samples, data_dir)
-    tradeoff.add_floor(plan.num_samples, float(tradeoff.real_vs_real_fid["fid"]))
+    tradeoff.set_real_vs_real(plan.num_samples, real_vs_real_fid(classifier, plan.num_samples, data_dir))
     points = []
     for sampler in plan.samplers:
         for steps in plan.steps:

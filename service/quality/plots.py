@@ -40,10 +40,8 @@ def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
         # FID depends on the sample count: the legend says which counts a line mixes.
         ax_fid.plot(ks, [p.fid for p in points], marker="o", label=f"{sampler} (n={counts})")
         ax_time.plot(ks, [p.seconds_per_image * 1000 for p in points], marker="o", label=sampler)
-    floors = dict(tradeoff.noise_floors)
-    if not floors and tradeoff.real_vs_real_fid.get("fid") is not None:  # a table from before noise_floors
-        floors[str(tradeoff.real_vs_real_fid.get("num_samples"))] = float(tradeoff.real_vs_real_fid["fid"])
-    for (n, fid), style in zip(floors.items(), ("--", "-.", ":", (0, (1, 4))), strict=False):
+    styles = ("--", "-.", ":", (0, (1, 4)))
+    for (n, fid), style in zip(tradeoff.noise_floors.items(), styles, strict=False):
         ax_fid.axhline(fid, color="grey", linestyle=style, label=f"real vs real (n={n})")
     for ax in (ax_fid, ax_time):
         ax.set_xscale("log")

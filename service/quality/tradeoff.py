@@ -45,6 +45,16 @@ class Tradeoff:
     # each point is read against the floor at its own count.
     noise_floors: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Tables written before noise_floors existed still carry their one floor in real_vs_real_fid.
+        if self.real_vs_real_fid.get("fid") is not None and not self.noise_floors:
+            self.add_floor(int(self.real_vs_real_fid["num_samples"]), float(self.real_vs_real_fid["fid"]))
+
+    def set_real_vs_real(self, num_samples: int, fid: float) -> None:
+        """The latest run's floor, also kept among the floors of every count."""
+        self.real_vs_real_fid = {"num_samples": num_samples, "fid": fid}
+        self.add_floor(num_samples, fid)
+
     def add_floor(self, num_samples: int, fid: float) -> None:
         self.noise_floors[str(num_samples)] = fid
         self.noise_floors = dict(sorted(self.noise_floors.items(), key=lambda item: -int(item[0])))

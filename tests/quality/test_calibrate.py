@@ -131,3 +131,20 @@ def test_tradeoff_round_trip_and_merge(tmp_path: Path) -> None:
     (tmp_path / "tradeoff.json").write_text(json.dumps({"model": 1}))
     with pytest.raises(ValueError, match="not a valid trade-off table"):
         read_tradeoff(tmp_path)
+
+
+def test_a_table_from_before_noise_floors_reads_its_one_floor(tmp_path: Path) -> None:
+    legacy = {
+        "model": "m",
+        "machine": "cpu",
+        "feature_extractor": "f",
+        "reference_set": "r",
+        "real_vs_real_fid": {"num_samples": 100, "fid": 9.5},
+        "points": [],
+    }
+    (tmp_path / "tradeoff.json").write_text(json.dumps(legacy))
+    table = read_tradeoff(tmp_path)
+    assert table is not None and table.noise_floors == {"100": 9.5}
+    table.set_real_vs_real(500, 1.7)
+    assert table.noise_floors == {"500": 1.7, "100": 9.5}
+    assert table.real_vs_real_fid == {"num_samples": 500, "fid": 1.7}
