@@ -41,16 +41,6 @@ class RowGenerators:
         return torch.stack(draws).to(device=like.device, dtype=like.dtype)
 
 
-class NoiseBank:
-    """Pre-drawn noise, bank[i] being the i-th draw of every row (the golden vectors' convention)."""
-
-    def __init__(self, bank: torch.Tensor) -> None:
-        self.bank = bank
-
-    def draw(self, rows: list[int], draw_index: list[int], like: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.bank[i, r] for r, i in zip(rows, draw_index, strict=True)]).to(like)
-
-
 def image_seed(request_seed: int, image_index: int) -> int:
     """The seed of image `image_index` of a request: well mixed, so seeds s and s+1 share no stream.
 

@@ -112,21 +112,12 @@ class SpacedProcess:
         return t.astype(np.float32)
 
 
-def base_process(config: DiffusionConfig) -> SpacedProcess:
-    """The T-step process with the schedule's own betas (no respacing applied)."""
-    return SpacedProcess(
-        betas=named_betas(config.noise_schedule, config.num_timesteps),
-        timestep_map=np.arange(config.num_timesteps, dtype=np.int64),
-        original_num_steps=config.num_timesteps,
-        rescale_timesteps=config.rescale_timesteps,
-    )
-
-
 def spaced_process(config: DiffusionConfig, respacing: str | int | None = None) -> SpacedProcess:
     """The respaced process of a model's diffusion settings; None keeps all T steps.
 
     Even with every step kept, betas are recomputed from alpha_bar as the reference's factories do
-    (they always build a respaced process); this differs from `base_process` in the last bits.
+    (they always build a respaced process); this differs from the
+    schedule's own betas (tests/golden.py base_process) in the last bits.
     """
     base = named_betas(config.noise_schedule, config.num_timesteps)
     base_alphas_cumprod = np.cumprod(1.0 - base, axis=0)

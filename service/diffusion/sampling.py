@@ -1,13 +1,13 @@
-"""Reverse-process loops over a batch whose rows may each run their own K.
+"""Reverse-process loops over a batch whose rows may each run their own K (and their own sampler).
 
 Iteration: every active row takes one step at its own respaced index (K_i - 1 down to 0); one network
 call serves all of them. A row with K = 5 finishes after 5 iterations while a K = 50 row goes on.
+The step itself is the sampler's (service.diffusion.samplers); this module only drives the loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from typing import Protocol
 
 import torch
@@ -15,14 +15,9 @@ import torch
 from service.diffusion.coefficients import coefficient_table, gather, stack_tables
 from service.diffusion.config import VarianceType
 from service.diffusion.noise import NoiseSource
-from service.diffusion.prediction import p_mean_variance
 from service.diffusion.process import SpacedProcess
-from service.diffusion.steps import ddim_step, ddpm_step
-
-
-class Sampler(StrEnum):
-    DDPM = "ddpm"
-    DDIM = "ddim"
+from service.diffusion.samplers import RowOptions, get_sampler
+from service.diffusion.samplers.mixed import mixed_step
 
 
 class Denoiser(Protocol):
@@ -33,34 +28,13 @@ class Denoiser(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-def reverse_step(
-    denoise: Denoiser,
-    x_t: torch.Tensor,
-    rows: torch.Tensor,
-    table: torch.Tensor,
-    y: torch.Tensor | None,
-    noise: torch.Tensor,
-    sampler: Sampler,
-    variance_type: VarianceType,
-    eta: torch.Tensor | float = 0.0,
-    clip_denoised: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of every row of x_t; `rows` index the (stacked) coefficient table. Returns (x, x0)."""
-    c = gather(table, rows)
-    eps, v = denoise(x_t, c.model_t, y)
-    out = p_mean_variance(eps.float(), None if v is None else v.float(), x_t, c, variance_type, clip_denoised)
-    if sampler is Sampler.DDIM:
-        return ddim_step(x_t, out, noise, c, eta), out.pred_xstart
-    return ddpm_step(out, noise, c), out.pred_xstart
-
-
 def sample_rows(
     denoise: Denoiser,
     processes: Sequence[SpacedProcess],
     x_T: torch.Tensor,
     noise: NoiseSource,
     y: torch.Tensor | None = None,
-    sampler: Sampler | str = Sampler.DDPM,
+    sampler: str | Sequence[str] = "ddpm",
     variance_type: VarianceType = VarianceType.LEARNED_RANGE,
     eta: torch.Tensor | float = 0.0,
     clip_denoised: bool = True,
@@ -68,35 +42,42 @@ def sample_rows(
 ) -> torch.Tensor:
     """Sample every row of x_T with its own process (its own K); returns x_0 for all rows.
 
-    on_iteration(i, x) is called after each shared iteration (progress bars, trajectories).
+    `sampler` is one name for every row or one per row. on_iteration(i, x) is called after each shared
+    iteration (progress bars, trajectories).
     """
-    sampler = Sampler(sampler)
+    n = len(processes)
+    names = [sampler] * n if isinstance(sampler, str) else list(sampler)
+    samplers = [get_sampler(name) for name in names]
     unique = list({id(p): p for p in processes}.values())
     table, offsets = stack_tables([coefficient_table(p, x_T.device) for p in unique])
     offset_of = {id(p): o for p, o in zip(unique, offsets, strict=True)}
     cursor = [p.num_timesteps - 1 for p in processes]
-    draws = [0] * len(processes)
+    draws = [0] * n
     x = x_T.clone()
-    eta_rows = eta if isinstance(eta, torch.Tensor) else torch.full((len(processes),), float(eta))
+    state = {key: torch.zeros_like(x) for s in samplers for key in s.state}
+    eta_rows = eta if isinstance(eta, torch.Tensor) else torch.full((n,), float(eta))
     iteration = 0
     while any(k >= 0 for k in cursor):
         active = [i for i, k in enumerate(cursor) if k >= 0]
         idx = torch.tensor(active, device=x.device)
         rows = torch.tensor([offset_of[id(processes[i])] + cursor[i] for i in active], device=x.device)
         z = noise.draw(active, [draws[i] for i in active], x[idx])
-        x_next, _ = reverse_step(
-            denoise,
+        c = gather(table, rows)
+        eps, v = denoise(x[idx], c.model_t, None if y is None else y[idx])
+        options = RowOptions(eta_rows[active].to(x.device), (variance_type,) * len(active), clip_denoised)
+        out = mixed_step(
+            [samplers[i] for i in active],
             x[idx],
-            rows,
-            table,
-            None if y is None else y[idx],
+            eps.float(),
+            None if v is None else v.float(),
+            c,
             z,
-            sampler,
-            variance_type,
-            eta_rows[active].to(x.device) if sampler is Sampler.DDIM else 0.0,
-            clip_denoised,
+            options,
+            {key: tensor[idx] for key, tensor in state.items()},
         )
-        x[idx] = x_next
+        x[idx] = out.x_prev
+        for key, tensor in out.state.items():
+            state[key][idx] = tensor
         for i in active:
             cursor[i] -= 1
             draws[i] += 1

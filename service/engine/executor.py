@@ -1,7 +1,8 @@
 """One device: slots, bucketed (optionally compiled and graphed) network, and the per-row sampler step.
 
 `step(rows)` advances every given row by one reverse step with a single network call, whatever each
-row's K, position, sampler (DDPM or DDIM, own eta) or variance type: that is continuous batching. Rows
+row's K, position, sampler (any of service.diffusion.samplers, with its own options and per-row state)
+or variance type: that is continuous batching. Rows
 whose step produced a non-finite value are reported, never turned into images; rows that took their last
 step come back as uint8 images.
 """
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
 from service.engine.buckets import BucketRunner, bucket_sizes
 from service.engine.compile import prepare_denoiser
-from service.engine.mixed_step import finite_rows, mixed_reverse_step
 from service.engine.request import RowState
 from service.engine.settings import EngineSettings
 from service.engine.slots import SlotTable
@@ -86,19 +87,22 @@ class Executor:
         c = self.slots.coefficients(rows, infos)
         noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
         bucket, eps, v = self.runner(x_t, c.model_t, self.slots.labels(infos))
-        x_next = mixed_reverse_step(
+        out = mixed_step(
+            [info.sampler for info in infos],
+            x_t,
             eps,
             v,
-            x_t,
             c,
             noise,
-            ddim=[info.ddim for info in infos],
-            eta=self.slots.etas(infos),
-            variance=[info.variance for info in infos],
+            self.slots.options(infos),
+            self.slots.samplers_state(infos, index),
         )
+        x_next = out.x_prev
         # eps and v are checked too: an infinite eps is clipped away in x0 and would not show in x.
         finite = finite_rows(eps, v, x_next).tolist()  # the one device -> host sync of the iteration
         self.slots.latents.index_copy_(0, index, x_next)
+        for name, tensor in out.state.items():
+            self.slots.state[name].index_copy_(0, index, tensor)
         outcome = StepOutcome(bucket)
         done = []
         for i, row in enumerate(rows):
@@ -112,3 +116,15 @@ class Executor:
             images = to_uint8(x_next[torch.tensor(done, device=self.device)])
             outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done)]
         return outcome
+
+
+def finite_rows(*tensors: torch.Tensor | None) -> torch.Tensor:
+    """[B] bool: True where every element of the row is finite in every tensor given."""
+    ok: torch.Tensor | None = None
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        row_ok = torch.isfinite(tensor).flatten(1).all(dim=1)
+        ok = row_ok if ok is None else ok & row_ok
+    assert ok is not None, "finite_rows needs at least one tensor"
+    return ok

@@ -22,6 +22,7 @@ import torch
 from service.diffusion.coefficients import RowCoefficients
 from service.diffusion.config import VarianceType
 from service.diffusion.noise import image_seed
+from service.diffusion.samplers import RowOptions, Sampler, get_sampler
 from service.engine.request import RowState
 
 
@@ -31,7 +32,7 @@ class SlotInfo:
     generator: torch.Generator
     table: np.ndarray  # the row's coefficient table (float32 [K, C]); indexed by the row's cursor
     label: int
-    ddim: bool
+    sampler: Sampler
     eta: float
     variance: VarianceType
 
@@ -41,6 +42,9 @@ class SlotTable:
         self.shape = shape
         self.device = device
         self.latents = torch.zeros((num_slots, *shape), dtype=torch.float32, device=device)
+        # What samplers carry between steps (service.diffusion.samplers.base), one [slots, *shape] tensor
+        # per declared name, allocated when the first row of such a sampler is admitted.
+        self.state: dict[str, torch.Tensor] = {}
         self.info: list[SlotInfo | None] = [None] * num_slots
 
     def admit(self, row: RowState, table: np.ndarray, variance: VarianceType) -> None:
@@ -50,12 +54,17 @@ class SlotTable:
         generator = torch.Generator(device="cpu").manual_seed(image_seed(request.seed, request.image_index))
         self.latents[row.slot] = torch.randn(self.shape, generator=generator).to(self.device)
         row.draws = 1
+        sampler = get_sampler(request.sampler)
+        for name in sampler.state:
+            if name not in self.state:
+                self.state[name] = torch.zeros_like(self.latents)
+            self.state[name][row.slot] = 0.0
         self.info[row.slot] = SlotInfo(
             owner=row,
             generator=generator,
             table=table,
             label=request.class_label or 0,
-            ddim=request.sampler == "ddim",
+            sampler=sampler,
             eta=float(request.eta),
             variance=variance,
         )
@@ -85,5 +94,11 @@ class SlotTable:
     def labels(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
         return torch.tensor([info.label for info in infos], dtype=torch.long, device=self.device)
 
-    def etas(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
-        return torch.tensor([info.eta for info in infos], dtype=torch.float32, device=self.device)
+    def options(self, infos: Sequence[SlotInfo]) -> RowOptions:
+        eta = torch.tensor([info.eta for info in infos], dtype=torch.float32, device=self.device)
+        return RowOptions(eta, tuple(info.variance for info in infos))
+
+    def samplers_state(self, infos: Sequence[SlotInfo], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state tensors the rows' samplers declare, gathered for the rows (slot order `index`)."""
+        names = {name for info in infos for name in info.sampler.state}
+        return {name: self.state[name].index_select(0, index) for name in names}
