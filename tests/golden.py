@@ -10,10 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from service.diffusion.config import DiffusionConfig
+from service.diffusion.process import SpacedProcess
+from service.diffusion.schedules import named_betas
 from service.model.config import UNetConfig
 
 # Max errors recorded by parity tests, printed in pytest's terminal summary (see tests/parity/conftest.py).
@@ -116,3 +121,23 @@ def golden_image_size(set_name: str) -> int:
     """Spatial size of the set's forward input (G sets use the common 32x32 x_forward)."""
     x = load_tensors(set_name).get("forward_int/x")
     return 32 if x is None else int(x.shape[-1])
+
+
+class NoiseBank:
+    """Pre-drawn noise, bank[i] being the i-th draw of every row (the golden vectors' convention)."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        self.bank = bank
+
+    def draw(self, rows: list[int], draw_index: list[int], like: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.bank[i, r] for r, i in zip(rows, draw_index, strict=True)]).to(like)
+
+
+def base_process(config: DiffusionConfig) -> SpacedProcess:
+    """The T-step process with the schedule's own betas (no respacing applied)."""
+    return SpacedProcess(
+        betas=named_betas(config.noise_schedule, config.num_timesteps),
+        timestep_map=np.arange(config.num_timesteps, dtype=np.int64),
+        original_num_steps=config.num_timesteps,
+        rescale_timesteps=config.rescale_timesteps,
+    )

@@ -19,18 +19,6 @@ class FeatureSetError(ValueError):
     """Feature or image sets that cannot be compared: too few samples, mismatched dimensions."""
 
 
-class _ClassifierFeatures(nn.Module):
-    """torchmetrics' FID calls its `feature` module on each batch and reads `num_features` for the size."""
-
-    def __init__(self, classifier: FashionClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(images.to(_device(self.classifier))).double()
-
-
 class _Precomputed(nn.Module):
     """Passes already-extracted features through, so FID of feature tensors uses the same library path."""
 
@@ -95,22 +83,6 @@ def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -
     metric.update(fake_features.detach().cpu(), real=False)
     # Equal sets give about -1e-12 from rounding; the distance itself is never negative.
     return max(float(metric.compute()), 0.0)
-
-
-def fid_from_images(
-    classifier: FashionClassifier, real_images: torch.Tensor, fake_images: torch.Tensor, batch_size: int = 500
-) -> float:
-    """FID between two image sets ([N, 1, 28, 28] in [-1, 1]) in the classifier's feature space."""
-    if min(len(real_images), len(fake_images)) < 2:
-        raise FeatureSetError(
-            f"need at least 2 images per set, got {len(real_images)} and {len(fake_images)}"
-        )
-    metric = _fid_metric(_ClassifierFeatures(classifier))
-    with _evaluating(classifier):
-        for images, real in ((real_images, True), (fake_images, False)):
-            for batch in images.split(batch_size):
-                metric.update(batch, real=real)
-        return max(float(metric.compute()), 0.0)
 
 
 def extract_features(

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from service.diffusion.config import DiffusionConfig, LossType
-from service.diffusion.process import base_process, spaced_process
+from service.diffusion.process import spaced_process
 from service.diffusion.respacing import RespacingError, respaced_timesteps
-from tests.golden import load_schedules, load_schedules_meta
+from tests.golden import base_process, load_schedules, load_schedules_meta
 
 SCHEDULES = load_schedules()
 LOG_ARRAYS = {"posterior_log_variance_clipped"}

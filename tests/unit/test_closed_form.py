@@ -16,9 +16,10 @@ from service.diffusion.prediction import (
     q_posterior_mean,
     q_sample,
 )
-from service.diffusion.process import base_process, spaced_process
+from service.diffusion.process import spaced_process
 from service.diffusion.schedules import cosine_betas, linear_betas
 from service.diffusion.steps import ddim_step
+from tests.golden import base_process
 
 COSINE = DiffusionConfig("cosine", 1000, True, False, LossType.MSE)  # type: ignore[arg-type]
 

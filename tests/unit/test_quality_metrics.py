@@ -12,7 +12,6 @@ from service.quality.metrics import (
     FeatureSetError,
     class_accuracy,
     extract_features,
-    fid_from_images,
     frechet_distance,
     precision_recall,
 )
@@ -122,11 +121,3 @@ def test_features_shape_and_training_mode_kept() -> None:
     features = extract_features(model, images, batch_size=4)
     assert features.shape == (10, 32) and model.training
     assert torch.allclose(features, model.eval().features(images), atol=1e-5)
-
-
-def test_fid_from_images_equals_fid_of_extracted_features() -> None:
-    torch.manual_seed(0)
-    model = FashionClassifier(ClassifierConfig(channels=(8, 16), feature_dim=8)).eval()
-    real, fake = torch.rand(64, 1, 28, 28) * 2 - 1, torch.rand(48, 1, 28, 28) - 1
-    expected = frechet_distance(extract_features(model, real), extract_features(model, fake))
-    assert fid_from_images(model, real, fake, batch_size=20) == pytest.approx(expected, rel=1e-5)
