@@ -10,7 +10,8 @@ from pathlib import Path
 from service.cli.quality_commands import add_train_classifier_parser, add_variance_fit_parser
 from service.diffusion.config import VarianceType
 from service.diffusion.respacing import RespacingError
-from service.diffusion.sampling import Sampler
+from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLERS
+from service.engine.errors import InvalidRequest
 from service.model.checkpoint import WeightsError
 from service.model.config import ConfigError
 from service.model.manifest import ManifestError
@@ -25,6 +26,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     UnknownPresetError,
     RespacingError,
+    InvalidRequest,
     ValueError,
     FileNotFoundError,
 )
@@ -49,16 +51,18 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from service.engine.solo import SampleSpec, plan, sample
+    from service.engine.generation import GenerationSpec
+    from service.engine.solo import plan, sample
     from service.images import grid, save_png, to_uint8
 
     model = load_model(Path(args.model), device=args.device)
-    spec = SampleSpec(
+    spec = GenerationSpec(
+        model=model.name,
         class_label=args.class_label,
         steps=args.steps,
         num_images=args.num_images,
         seed=args.seed,
-        sampler=Sampler(args.sampler),
+        sampler=args.sampler,
         eta=args.eta,
         variance=VARIANCES[args.variance] if args.variance else None,
     )
@@ -205,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=steps_arg, required=True, help="K (e.g. 50) or a respacing like ddim50")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=[s.value for s in Sampler], default="ddpm")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    samplers = "; ".join(f"{s.name}: {s.description}" for s in SAMPLERS.values())
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER, help=samplers)
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0 = deterministic)")
     p.add_argument("--variance", choices=sorted(VARIANCES), help="override the model's variance")
     p.add_argument("--columns", type=int, default=None)
     p.add_argument("--device", default="cpu")

@@ -12,32 +12,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import ParamSpec
 
 import numpy as np
 import torch
 
-from service.diffusion.sampling import Denoiser, Sampler
+from service.diffusion.sampling import Denoiser
 from service.engine.buckets import bucket_sizes
-from service.engine.errors import (
-    Cancelled,
-    EngineDead,
-    EngineError,
-    ExecutorFailed,
-    InvalidRequest,
-    NonFiniteOutput,
-)
+from service.engine.errors import Cancelled, EngineDead, EngineError, ExecutorFailed, NonFiniteOutput
 from service.engine.executor import Executor, StepOutcome
+from service.engine.generation import GenerationSpec
 from service.engine.observer import EngineObserver, NullObserver
-from service.engine.request import Request, RowProgress, RowResult, RowState, RowStatus
+from service.engine.request import RowProgress, RowResult, RowState, RowStatus
 from service.engine.scheduler import Load, Scheduler
 from service.engine.settings import EngineSettings
-from service.engine.solo import SampleSpec, validate
 from service.engine.tables import StepTables
 from service.model.store import LoadedModel
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 DoneCallback = Callable[[RowResult], None]
 ProgressCallback = Callable[[RowProgress], None]
@@ -71,7 +65,7 @@ class EngineCore:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)  # notified on submit, cancel and stop
         self.executor: Executor | None = None
-        self.ready = threading.Event()
+        self._ready = threading.Event()
         self.refusal: EngineError | None = None  # set when stopping or dead: what submit raises
         self._denoiser = denoiser
         self.warm_ups = 0  # completed warm-ups: 1 after start, +1 per executor restart
@@ -82,24 +76,35 @@ class EngineCore:
     def dead(self) -> bool:
         return isinstance(self.refusal, EngineDead)
 
+    @property
+    def ready(self) -> bool:
+        """Warmed up and accepting work (false while warming up, rebuilding the executor, or stopping)."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
     # -- callers' side (any thread) ---------------------------------------------------------------
 
     def submit(
         self,
-        requests: Sequence[Request],
+        spec: GenerationSpec,
+        group_id: str,
         on_done: DoneCallback | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> list[RowState]:
-        """Validate and queue rows (all or none); raises InvalidRequest, QueueFull, EngineShuttingDown..."""
+        """Validate a generation and queue its rows (all or none); results arrive through on_done, once
+        per row. Raises InvalidRequest, QueueFull, EngineShuttingDown or EngineDead synchronously."""
         try:
-            rows = self._rows(requests, on_done, on_progress)
+            num_steps = spec.validate(self.model.manifest, lambda steps: self.tables.get(steps).num_steps)
+            rows = [RowState(request, num_steps, on_done, on_progress) for request in spec.rows(group_id)]
             with self.lock:
                 if self.refusal is not None:
                     raise type(self.refusal)(str(self.refusal))
                 self.scheduler.add(rows)
                 self.changed.notify_all()
         except EngineError as e:
-            self._observe("on_rejected", self.name, e.code)
+            _call(self.observer.on_rejected, self.name, e.code)
             raise
         return rows
 
@@ -115,37 +120,27 @@ class EngineCore:
         with self.lock:
             return self.scheduler.load()
 
-    def _rows(
-        self, requests: Sequence[Request], on_done: DoneCallback | None, on_progress: ProgressCallback | None
-    ) -> list[RowState]:
-        if not requests:
-            raise InvalidRequest("no images requested")
-        num_steps: dict[tuple[Any, ...], int] = {}
-        rows = []
-        for request in requests:
-            key = (request.model, request.class_label, request.steps, request.eta, request.variance)
-            if key not in num_steps:
-                num_steps[key] = self._check(request)
-            rows.append(RowState(request, num_steps[key], on_done, on_progress))
-        return rows
+    # -- the loop's side (service.engine.engine drives these from its thread) ----------------------
 
-    def _check(self, request: Request) -> int:
-        """Model-dependent checks (label range, K <= T, respacing, variance); returns the row's K."""
-        if request.model != self.model.name:
-            raise InvalidRequest(f"this engine serves model {self.model.name!r}, not {request.model!r}")
-        spec = SampleSpec(
-            class_label=request.class_label,
-            steps=request.steps,
-            seed=request.seed,
-            sampler=Sampler(request.sampler),
-            eta=request.eta,
-            variance=request.variance,
-        )
-        try:
-            validate(spec, self.model)
-            return self.tables.get(request.steps).num_steps
-        except ValueError as e:  # SampleRequestError, RespacingError
-            raise InvalidRequest(str(e)) from None
+    def refuse(self, error: EngineError) -> None:
+        """Refuse every submit from now on with `error` (unless already refusing); wakes the loop."""
+        with self.lock:
+            if self.refusal is None:
+                self.refusal = error
+            self.changed.notify_all()
+        self._ready.clear()
+
+    def wake(self) -> None:
+        with self.lock:
+            self.changed.notify_all()
+
+    def wait_for_work(self, timeout: float, stop: Callable[[], bool]) -> bool:
+        """Block until there is work, `stop()` is true, the engine died or `timeout` passed (the loop
+        re-checks its state now and then, whatever it was told); returns whether there is work."""
+        with self.lock:
+            if not self.scheduler.has_work and not stop() and not self.dead:
+                self.changed.wait(timeout)
+            return self.scheduler.has_work
 
     # -- engine thread ------------------------------------------------------------------------------
 
@@ -156,21 +151,19 @@ class EngineCore:
         self.executor = executor
         self.warm_ups += 1
         if self.refusal is None:  # not while stopping: a draining engine must not turn ready again
-            self.ready.set()
-        self._observe("on_ready", self.name, seconds)
+            self._ready.set()
+        _call(self.observer.on_ready, self.name, seconds)
 
     def step(self) -> None:
         """One iteration: drop expired / cancelled rows, admit, advance every in-flight row one step."""
         with self.lock:
             plan = self.scheduler.schedule()
-            load = self.scheduler.load()
-        self._observe("on_queue_depth", self.name, load.queue_depth, load.in_flight)
         for row, error in plan.dropped:
             self._end(row, error=error)
         if not plan.running:
             return
         for row in plan.admitted:
-            self._observe("on_row_admitted", self.name, row.request, self.clock() - row.request.arrival)
+            _call(self.observer.on_row_admitted, self.name, row.request, self.clock() - row.request.arrival)
         executor = self.executor
         assert executor is not None, "step() before start_executor()"
         start = time.perf_counter()
@@ -182,7 +175,7 @@ class EngineCore:
             return
         seconds = time.perf_counter() - start
         self._crashes = 0
-        self._observe("on_step", self.name, len(plan.running), outcome.bucket, seconds)
+        _call(self.observer.on_step, self.name, len(plan.running), outcome.bucket, seconds)
         self._update(plan.running, outcome, seconds)
 
     def _update(self, running: list[RowState], outcome: StepOutcome, seconds: float) -> None:
@@ -218,13 +211,13 @@ class EngineCore:
     def _recover(self, error: Exception) -> None:
         """Fail only the in-flight rows (queued ones stay queued) and rebuild the executor."""
         log.error("executor on %s crashed; restarting it", self.name, exc_info=error)
-        self.ready.clear()
+        self._ready.clear()
         with self.lock:
             rows = self.scheduler.evict_running()
         cause = f"{type(error).__name__}: {error}"
         for row in rows:
             self._end(row, error=_lost(row, self.name, cause))
-        self._observe("on_executor_restart", self.name, cause)
+        _call(self.observer.on_executor_restart, self.name, cause)
         self.executor = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -243,7 +236,7 @@ class EngineCore:
         with self.lock:
             self.refusal = EngineDead(message)
             self.changed.notify_all()
-        self.ready.clear()
+        self._ready.clear()
         self.evict_all(EngineDead, message)
 
     def evict_all(self, kind: type[EngineError], message: str) -> None:
@@ -261,8 +254,13 @@ class EngineCore:
         row.status = RowStatus.FINISHED if error is None else RowStatus.for_error(error)
         row.finished_at = now = self.clock()
         result = row.result(image, error, now)
-        self._observe(
-            "on_row_finished", self.name, row.request, row.status, result.queue_seconds, result.total_seconds
+        _call(
+            self.observer.on_row_finished,
+            self.name,
+            row.request,
+            row.status,
+            result.queue_seconds,
+            result.total_seconds,
         )
         if row.on_done is not None:
             _call(row.on_done, result)
@@ -276,14 +274,11 @@ class EngineCore:
             row.reported_percent = percent
             _call(row.on_progress, RowProgress(row.request, row.steps_done, row.num_steps))
 
-    def _observe(self, method: str, *args: Any) -> None:
-        _call(getattr(self.observer, method), *args)
 
-
-def _call(callback: Callable[..., Any], *args: Any) -> None:
+def _call(callback: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
     """Callers' and observers' code must not be able to stop the engine thread."""
     try:
-        callback(*args)
+        callback(*args, **kwargs)
     except Exception:
         log.exception("engine callback %r raised", callback)
 

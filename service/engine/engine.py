@@ -1,4 +1,6 @@
-"""Engine: the loop thread around an EngineCore, with readiness and a draining stop.
+"""Engine: the façade of one model on one device — the loop thread around an EngineCore, readiness and a
+draining stop. Everything outside the engine package (the pool, backends, the Triton worker, the CLI)
+talks to this class; the core's fields stay the core's.
 
 Lifecycle: `start()` spawns the thread, which builds the executor and warms up every bucket; `ready`
 turns true after that (and false while a crashed executor is being rebuilt). `stop(drain=True)` refuses
@@ -14,15 +16,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+import uuid
 
 import torch
 
 from service.diffusion.sampling import Denoiser
 from service.engine.core import DoneCallback, EngineCore, ProgressCallback
+from service.engine.devices import memory_bytes
 from service.engine.errors import EngineShuttingDown
+from service.engine.generation import Collation, GenerationResult, GenerationSpec
 from service.engine.observer import EngineObserver
-from service.engine.request import Request, RowResult
+from service.engine.request import RowResult
 from service.engine.scheduler import Load
 from service.engine.settings import EngineSettings
 from service.model.store import LoadedModel
@@ -45,7 +49,7 @@ class Engine:
         denoiser: Denoiser | None = None,
         name: str | None = None,
     ) -> None:
-        self.core = EngineCore(
+        self._core = EngineCore(
             model,
             settings or EngineSettings(),
             device=device,
@@ -58,16 +62,29 @@ class Engine:
 
     @property
     def name(self) -> str:
-        return self.core.name
+        return self._core.name
+
+    @property
+    def model_name(self) -> str:
+        return self._core.model.name
+
+    @property
+    def device(self) -> torch.device:
+        return self._core.device
 
     @property
     def ready(self) -> bool:
-        return self.core.ready.is_set()
+        return self._core.ready
+
+    @property
+    def warmed_up(self) -> bool:
+        """The first warm-up has finished (readiness may have been lost since, e.g. while restarting)."""
+        return self._core.warm_ups > 0
 
     @property
     def alive(self) -> bool:
         """Running and not dead (it may be warming up or restarting its executor)."""
-        return self._thread is not None and self._thread.is_alive() and not self.core.dead
+        return self._thread is not None and self._thread.is_alive() and not self._core.dead
 
     def start(self) -> None:
         if self._thread is not None:
@@ -78,8 +95,8 @@ class Engine:
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until warmed up; False on timeout or if the engine died while warming up."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.core.ready.wait(0.05):
-            if self.core.dead or (self._thread is not None and not self._thread.is_alive()):
+        while not self._core.wait_ready(0.05):
+            if self._core.dead or (self._thread is not None and not self._thread.is_alive()):
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -87,84 +104,96 @@ class Engine:
 
     def submit(
         self,
-        requests: Sequence[Request],
+        spec: GenerationSpec,
+        group_id: str,
         on_done: DoneCallback | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> None:
-        """Queue the rows of one request (see request.make_rows); results arrive through on_done, once
-        per row. Raises InvalidRequest, QueueFull, EngineShuttingDown or EngineDead synchronously."""
-        self.core.submit(requests, on_done, on_progress)
+    ) -> int:
+        """Validate and queue one generation under `group_id` (the id `cancel` takes); returns its K.
+        Results arrive through on_done, once per row (on the engine thread). Raises InvalidRequest,
+        QueueFull, EngineShuttingDown or EngineDead synchronously."""
+        return self._core.submit(spec, group_id, on_done, on_progress)[0].num_steps
 
     def cancel(self, group_id: str) -> int:
-        return self.core.cancel(group_id)
+        return self._core.cancel(group_id)
 
     def load(self) -> Load:
-        return self.core.load()
+        return self._core.load()
 
-    def generate(self, requests: Sequence[Request], timeout: float | None = None) -> list[RowResult]:
-        """Blocking convenience (CLI, Triton backend, tests): submit and wait for every row's result."""
-        results: dict[int, RowResult] = {}
+    def memory_bytes(self) -> int:
+        return memory_bytes(self.device)
+
+    def generate(self, spec: GenerationSpec, timeout: float | None = None) -> GenerationResult:
+        """Blocking convenience (CLI, benchmarks, tests): submit and wait for the collated result.
+        Raises the engine error that ended the generation, or TimeoutError."""
+        return self.generate_rows(spec, timeout)[0]
+
+    def generate_rows(
+        self, spec: GenerationSpec, timeout: float | None = None
+    ) -> tuple[GenerationResult, list[RowResult]]:
+        """`generate`, also returning each row's own result (timings, status), in image order."""
+        collation = Collation(spec)
         done = threading.Event()
-        positions = {id(request): i for i, request in enumerate(requests)}
+        answer: list[GenerationResult | Exception] = []
 
         def on_done(result: RowResult) -> None:
-            results[positions[id(result.request)]] = result
-            if len(results) == len(requests):
+            outcome = collation.add(result)
+            if outcome is not None:
+                answer.append(outcome)
                 done.set()
 
-        self.submit(requests, on_done)
+        group_id = uuid.uuid4().hex
+        self.submit(spec, group_id, on_done)
         if not done.wait(timeout):
-            for group_id in {request.group_id for request in requests}:
-                self.cancel(group_id)
+            self.cancel(group_id)
             raise TimeoutError(f"no result within {timeout} s")
-        return [results[i] for i in range(len(requests))]
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        rows = [collation.results[i] for i in range(spec.num_images)]
+        return answer[0], rows
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Refuse new requests; with `drain`, finish queued and in-flight rows first (up to `timeout`)."""
         self.begin_stop(drain)
         thread = self._thread
         if thread is None:
-            self.core.evict_all(EngineShuttingDown, "the engine stopped before it started")
+            self._core.evict_all(EngineShuttingDown, "the engine stopped before it started")
             return
         thread.join(timeout)
         if thread.is_alive():
-            with self.core.changed:
-                self._stop = "abort"
-                self.core.changed.notify_all()
+            self._stop = "abort"
+            self._core.wake()
             thread.join()
 
     def begin_stop(self, drain: bool = True) -> None:
-        """Refuse new requests from now on and tell the loop to stop; does not wait."""
-        with self.core.changed:
-            if self.core.refusal is None:
-                self.core.refusal = EngineShuttingDown("the engine is shutting down")
-            self._stop = "drain" if drain and self._stop != "abort" else "abort"
-            self.core.changed.notify_all()
-        self.core.ready.clear()  # a draining engine takes no new traffic: /readyz turns false at once
+        """Refuse new requests from now on and tell the loop to stop; does not wait. A draining engine
+        takes no new traffic: `ready` (and so /readyz) turns false at once."""
+        self._stop = "drain" if drain and self._stop != "abort" else "abort"
+        self._core.refuse(EngineShuttingDown("the engine is shutting down"))
 
     def _run(self) -> None:
+        core = self._core
         try:
-            self.core.start_executor()
+            core.start_executor()
         except Exception as e:
             log.exception("engine %s failed to warm up", self.name)
-            self.core.die(f"the executor on {self.name} failed to warm up: {type(e).__name__}: {e}")
+            core.die(f"the executor on {self.name} failed to warm up: {type(e).__name__}: {e}")
             return
         try:
             while self._next_iteration():
-                self.core.step()
+                core.step()
         except Exception as e:  # a bug outside the executor: the engine's state cannot be trusted
             log.exception("engine %s loop crashed", self.name)
-            self.core.die(f"the engine on {self.name} crashed: {type(e).__name__}: {e}")
+            core.die(f"the engine on {self.name} crashed: {type(e).__name__}: {e}")
             return
         if self._stop == "abort":
-            self.core.evict_all(EngineShuttingDown, "the engine stopped before this request finished")
+            core.evict_all(EngineShuttingDown, "the engine stopped before this request finished")
 
     def _next_iteration(self) -> bool:
         """Wait for work; False when the loop should end (aborted, dead, or drained)."""
-        core = self.core
-        with core.changed:
-            while not core.scheduler.has_work and self._stop is None and not core.dead:
-                core.changed.wait(IDLE_WAKE_SECONDS)
-            if core.dead or self._stop == "abort":
+        while True:
+            has_work = self._core.wait_for_work(IDLE_WAKE_SECONDS, lambda: self._stop is not None)
+            if self._core.dead or self._stop == "abort":
                 return False
-            return core.scheduler.has_work
+            if has_work or self._stop is not None:
+                return has_work

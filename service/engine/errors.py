@@ -16,9 +16,14 @@ class EngineError(Exception):
 
 
 class InvalidRequest(EngineError):
-    """The request cannot be served by this model; the message says what to change."""
+    """The request cannot be served by this model; the message says what to change, `field` names the
+    request field at fault (None when it is the request as a whole)."""
 
     code = "invalid_request"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class QueueFull(EngineError):

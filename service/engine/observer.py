@@ -31,8 +31,6 @@ class EngineObserver(Protocol):
         """Every row ends here exactly once, whatever its outcome."""
         ...
 
-    def on_queue_depth(self, engine: str, queued: int, in_flight: int) -> None: ...
-
     def on_rejected(self, engine: str, reason: str) -> None:
         """submit refused a request; `reason` is an EngineError code (queue_full, invalid_request, ...)."""
         ...
@@ -55,9 +53,6 @@ class NullObserver:
     def on_row_finished(
         self, engine: str, request: Request, status: RowStatus, queue_seconds: float, total_seconds: float
     ) -> None:
-        pass
-
-    def on_queue_depth(self, engine: str, queued: int, in_flight: int) -> None:
         pass
 
     def on_rejected(self, engine: str, reason: str) -> None:

@@ -1,36 +1,28 @@
-"""EnginePool: one Engine per CUDA device (one CPU engine when there is none) for one model.
+"""EnginePool: one Engine per serving device (service.engine.devices) for one model.
 
-Routing is per request (all rows of a group go to one engine, so they batch together and cancel finds
+Routing is per generation (all rows of a group go to one engine, so they batch together and cancel finds
 them): the ready engine with the smallest queue depth + in-flight rows; an engine still warming up or
 restarting its executor gets requests only when none is ready. Readiness: every engine has finished its
 first warm-up and at least one is ready now (a GPU whose executor is being rebuilt does not take the
-whole service out of rotation).
+whole service out of rotation). The pool uses only the Engine façade.
 """
 
 from __future__ import annotations
 
-import os
-import resource
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
 from service.engine.core import DoneCallback, ProgressCallback
+from service.engine.devices import serving_devices
 from service.engine.engine import Engine
 from service.engine.errors import EngineDead, QueueFull
+from service.engine.generation import GenerationSpec
 from service.engine.observer import EngineObserver
-from service.engine.request import Request
 from service.engine.scheduler import Load
 from service.engine.settings import EngineSettings
 from service.model.store import LoadedModel
-
-
-def serving_devices() -> list[torch.device]:
-    """Every visible CUDA device, or the CPU."""
-    if torch.cuda.is_available():
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [torch.device("cpu")]
 
 
 class EnginePool:
@@ -57,7 +49,7 @@ class EnginePool:
 
     @property
     def model_name(self) -> str:
-        return self.engines[0].core.model.name
+        return self.engines[0].model_name
 
     def start(self) -> None:
         for engine in self.engines:
@@ -73,16 +65,21 @@ class EnginePool:
 
     @property
     def ready(self) -> bool:
-        warming = [e for e in self.engines if e.alive and e.core.warm_ups == 0]
+        warming = [e for e in self.engines if e.alive and not e.warmed_up]
         return not warming and any(engine.ready for engine in self.engines)
+
+    @property
+    def alive(self) -> bool:
+        return any(engine.alive for engine in self.engines)
 
     def submit(
         self,
-        requests: Sequence[Request],
+        spec: GenerationSpec,
+        group_id: str,
         on_done: DoneCallback | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> str:
-        """Queue one request's rows on the least-loaded engine; returns that engine's name.
+        """Queue one generation on the least-loaded engine; returns that engine's name.
 
         Raises what Engine.submit raises; QueueFull only when every engine's queue is full.
         """
@@ -93,7 +90,7 @@ class EnginePool:
         full: list[QueueFull] = []
         for engine in candidates:
             try:
-                engine.submit(requests, on_done, on_progress)
+                engine.submit(spec, group_id, on_done, on_progress)
                 return engine.name
             except QueueFull as e:
                 full.append(e)
@@ -107,7 +104,7 @@ class EnginePool:
 
     def memory_bytes(self) -> dict[str, int]:
         """Per engine: CUDA memory allocated by torch on its device, or the process's RSS on the CPU."""
-        return {engine.name: _memory_bytes(engine.core.device) for engine in self.engines}
+        return {engine.name: engine.memory_bytes() for engine in self.engines}
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop every engine (they drain in parallel: all are told first, then each is joined)."""
@@ -115,14 +112,3 @@ class EnginePool:
             engine.begin_stop(drain)
         for engine in self.engines:
             engine.stop(drain=drain, timeout=timeout)
-
-
-def _memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        # No /proc: the peak RSS (KiB on Linux-likes) is the best figure the standard library has.
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,8 +1,8 @@
 """What a caller asks for (Request, immutable) and how far it has got (RowState, mutable, engine-owned).
 
-One row is one image. An HTTP request for n images becomes n Requests sharing a `group_id`, with
-image_index 0..n-1: each image is seeded by image_seed(seed, image_index), so it is the same image
-whether it runs alone, beside its siblings, or in a batch of strangers.
+One row is one image. A generation of n images (service.engine.generation) becomes n Requests sharing
+a `group_id`, with image_index 0..n-1: each image is seeded by image_seed(seed, image_index), so it is
+the same image whether it runs alone, beside its siblings, or in a batch of strangers.
 
 This module must not import torch: the scheduler, which is tested without torch, works on these types.
 """
@@ -16,18 +16,16 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from service.diffusion.config import VarianceType
-from service.engine.errors import Cancelled, DeadlineExceeded, EngineError, InvalidRequest
+from service.engine.errors import Cancelled, DeadlineExceeded, EngineError
 
 if TYPE_CHECKING:
     import numpy as np
 
-# The values of service.diffusion.sampling.Sampler (importing it would import torch).
-SAMPLER_NAMES = ("ddpm", "ddim")
-
 
 @dataclass(frozen=True)
 class Request:
-    """One image to generate. `deadline` and `arrival` are time.monotonic() seconds."""
+    """One image to generate, made by GenerationSpec.rows after validation (no field is re-checked here).
+    `deadline` and `arrival` are time.monotonic() seconds."""
 
     request_id: str
     group_id: str
@@ -41,64 +39,6 @@ class Request:
     variance: VarianceType | None = None  # None: the model's own variance type
     deadline: float | None = None
     arrival: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        # Checks that need no model; the engine checks K and the label against the model on submit.
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int | str):
-            raise InvalidRequest(f"steps must be an integer K or a respacing string, got {self.steps!r}")
-        if isinstance(self.steps, int) and self.steps < 1:
-            raise InvalidRequest(f"steps must be >= 1, got {self.steps}")
-        if isinstance(self.steps, str) and not self.steps.strip():
-            raise InvalidRequest("steps must not be empty")
-        if str(self.sampler) not in SAMPLER_NAMES:
-            raise InvalidRequest(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
-        object.__setattr__(self, "sampler", str(self.sampler))
-        if not 0.0 <= float(self.eta) <= 1.0:
-            raise InvalidRequest(f"eta must be between 0 and 1, got {self.eta}")
-        if self.image_index < 0:
-            raise InvalidRequest(f"image_index must be >= 0, got {self.image_index}")
-        if self.variance is not None:
-            try:
-                object.__setattr__(self, "variance", VarianceType(self.variance))
-            except ValueError:
-                names = ", ".join(v.value for v in VarianceType)
-                raise InvalidRequest(f"variance must be one of {names}, got {self.variance!r}") from None
-
-
-def make_rows(
-    group_id: str,
-    model: str,
-    class_label: int | None,
-    steps: int | str,
-    num_images: int = 1,
-    *,
-    sampler: str = "ddpm",
-    eta: float = 0.0,
-    seed: int = 0,
-    variance: VarianceType | None = None,
-    deadline: float | None = None,
-) -> list[Request]:
-    """The rows of one multi-image request: ids "<group_id>/<i>", image indices 0..num_images-1."""
-    if num_images < 1:
-        raise InvalidRequest(f"num_images must be >= 1, got {num_images}")
-    arrival = time.monotonic()
-    return [
-        Request(
-            request_id=f"{group_id}/{i}",
-            group_id=group_id,
-            model=model,
-            class_label=class_label,
-            steps=steps,
-            sampler=sampler,
-            eta=eta,
-            seed=seed,
-            image_index=i,
-            variance=variance,
-            deadline=deadline,
-            arrival=arrival,
-        )
-        for i in range(num_images)
-    ]
 
 
 class RowStatus(StrEnum):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -21,11 +20,12 @@ from service.engine.errors import (
     InvalidRequest,
     QueueFull,
 )
+from service.engine.generation import GenerationSpec
 from service.engine.observer import NullObserver
 from service.engine.pool import EnginePool
-from service.engine.request import Request, RowProgress, RowResult, RowStatus, make_rows
+from service.engine.request import Request, RowProgress, RowResult, RowStatus
 from service.engine.settings import EngineSettings
-from service.engine.solo import SampleSpec, sample
+from service.engine.solo import sample
 from service.images import to_uint8
 from service.model.store import LoadedModel
 
@@ -73,11 +73,12 @@ class Results:
         self.progress.append(progress)
         self.started.set()
 
-    def wait(self, rows: list[Request]) -> list[RowResult]:
+    def wait(self, jobs: Jobs) -> list[RowResult]:
+        ids = [i for job in jobs for i in job.row_ids]
         with self._cond:
-            ok = self._cond.wait_for(lambda: all(r.request_id in self.done for r in rows), TIMEOUT)
-        assert ok, f"no result for {[r.request_id for r in rows if r.request_id not in self.done]}"
-        return [self.done[r.request_id] for r in rows]
+            ok = self._cond.wait_for(lambda: all(i in self.done for i in ids), TIMEOUT)
+        assert ok, f"no result for {[i for i in ids if i not in self.done]}"
+        return [self.done[i] for i in ids]
 
 
 class Recorder(NullObserver):
@@ -118,8 +119,34 @@ class Flaky:
         return self.denoise(x_t, t, y)
 
 
-def rows(model: LoadedModel, group: str, steps: int, n: int = 1, **kw: object) -> list[Request]:
-    return make_rows(group, model.name, 3, steps, n, **kw)  # type: ignore[arg-type]
+class Job:
+    """One generation and the group id it is submitted under; `a + b` lists two, submitted in turn."""
+
+    def __init__(self, spec: GenerationSpec, group: str) -> None:
+        self.spec, self.group = spec, group
+        self.row_ids = [f"{group}/{i}" for i in range(spec.num_images)]
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter([self])
+
+    def __add__(self, other: Job) -> list[Job]:
+        return [self, other]
+
+
+Jobs = Job | list[Job]
+
+
+def job(group: str, model: str, label: int | None, steps: int | str, n: int = 1, **kw: object) -> Job:
+    return Job(GenerationSpec(model, label, steps, n, **kw), group)  # type: ignore[arg-type]
+
+
+def rows(model: LoadedModel, group: str, steps: int, n: int = 1, **kw: object) -> Job:
+    return job(group, model.name, 3, steps, n, **kw)
+
+
+def submit(target: Engine | EnginePool, jobs: Jobs, *callbacks: Callable) -> str | int:
+    answers = [target.submit(j.spec, j.group, *callbacks) for j in jobs]
+    return answers[-1]
 
 
 def test_generate_matches_solo_and_reports_progress(tiny_model: LoadedModel, engines: EngineFactory) -> None:
@@ -127,9 +154,9 @@ def test_generate_matches_solo_and_reports_progress(tiny_model: LoadedModel, eng
     engine = engines(observer=recorder)
     results = Results()
     requests = rows(tiny_model, "g", 5, 2, seed=4, sampler="ddim")
-    engine.submit(requests, results.on_done, results.on_progress)
+    submit(engine, requests, results.on_done, results.on_progress)
     out = results.wait(requests)
-    solo = to_uint8(sample(tiny_model, SampleSpec(3, 5, num_images=2, seed=4, sampler="ddim")))  # type: ignore[arg-type]
+    solo = to_uint8(sample(tiny_model, requests.spec))
     for result, expected in zip(out, solo, strict=True):
         assert result.ok and result.error is None and result.steps_done == 5
         assert result.image is not None and int(np.abs(result.image.astype(int) - expected).max()) <= 1
@@ -140,23 +167,28 @@ def test_generate_matches_solo_and_reports_progress(tiny_model: LoadedModel, eng
     def raising(result: RowResult) -> None:
         raise ValueError("a broken callback must not stop the engine")
 
-    engine.submit(rows(tiny_model, "h", 2), raising)
-    assert engine.generate(rows(tiny_model, "i", 2), TIMEOUT)[0].ok
+    submit(engine, rows(tiny_model, "h", 2), raising)
+    assert len(engine.generate(rows(tiny_model, "i", 2).spec, TIMEOUT).images) == 1
 
 
 def test_invalid_requests_are_refused_synchronously(tiny_model: LoadedModel, engines: EngineFactory) -> None:
     recorder = Recorder()
     engine = engines(observer=recorder)
     bad = [
-        make_rows("a", tiny_model.name, 10, 5),  # label out of range
-        make_rows("b", tiny_model.name, 3, 1001),  # K > T
-        make_rows("c", tiny_model.name, 3, "ddim7x"),
-        make_rows("d", "another-model", 3, 5),
-        make_rows("e", tiny_model.name, None, 5),  # the model is class-conditional
+        (job("a", tiny_model.name, 10, 5), "class_label"),  # label out of range
+        (job("b", tiny_model.name, 3, 1001), "steps"),  # K > T
+        (job("c", tiny_model.name, 3, "ddim7x"), "steps"),
+        (job("d", "another-model", 3, 5), "model"),
+        (job("e", tiny_model.name, None, 5), "class_label"),  # the model is class-conditional
+        (job("f", tiny_model.name, 3, 5, sampler="plms"), "sampler"),
+        (job("g", tiny_model.name, 3, 5, eta=0.5), "eta"),  # eta is DDIM's
+        (job("h", tiny_model.name, 3, 5, sampler="ddim", eta=1.5), "eta"),
+        (job("i", tiny_model.name, 3, 5, 0), "num_images"),
     ]
-    for requests in bad:
-        with pytest.raises(InvalidRequest):
-            engine.submit(requests)
+    for requests, field in bad:
+        with pytest.raises(InvalidRequest) as info:
+            submit(engine, requests)
+        assert info.value.field == field, str(info.value)
     assert recorder.events == ["rejected:invalid_request"] * len(bad)
     assert engine.load().total == 0
 
@@ -165,8 +197,8 @@ def test_cancel_in_flight_and_queued(tiny_model: LoadedModel, engines: EngineFac
     engine = engines(max_batch=1)
     results = Results()
     long, queued = rows(tiny_model, "long", 1000), rows(tiny_model, "queued", 5)
-    engine.submit(long, results.on_done, results.on_progress)
-    engine.submit(queued, results.on_done)
+    submit(engine, long, results.on_done, results.on_progress)
+    submit(engine, queued, results.on_done)
     assert results.started.wait(TIMEOUT)
     assert engine.cancel("queued") == 1 and engine.cancel("long") == 1
     for result in results.wait(long + queued):
@@ -179,11 +211,10 @@ def test_cancel_in_flight_and_queued(tiny_model: LoadedModel, engines: EngineFac
 def test_deadlines_in_queue_and_in_flight(tiny_model: LoadedModel, engines: EngineFactory) -> None:
     engine = engines(max_batch=1)
     results = Results()
-    now = time.monotonic()
-    long = rows(tiny_model, "long", 1000, deadline=now + 1.0)
-    short = rows(tiny_model, "short", 5, deadline=now + 0.3)
-    engine.submit(long, results.on_done)
-    engine.submit(short, results.on_done)
+    long = rows(tiny_model, "long", 1000, timeout_seconds=1.0)
+    short = rows(tiny_model, "short", 5, timeout_seconds=0.3)
+    submit(engine, long, results.on_done)
+    submit(engine, short, results.on_done)
     in_flight, in_queue = results.wait(long + short)
     assert isinstance(in_flight.error, DeadlineExceeded) and 0 < in_flight.steps_done < 1000
     assert isinstance(in_queue.error, DeadlineExceeded) and in_queue.steps_done == 0
@@ -193,11 +224,11 @@ def test_deadlines_in_queue_and_in_flight(tiny_model: LoadedModel, engines: Engi
 def test_queue_full(tiny_model: LoadedModel, engines: EngineFactory) -> None:
     engine = engines(max_batch=1, max_queue=2)
     results = Results()
-    engine.submit(rows(tiny_model, "running", 1000), results.on_done, results.on_progress)
+    submit(engine, rows(tiny_model, "running", 1000), results.on_done, results.on_progress)
     assert results.started.wait(TIMEOUT)  # admitted: it no longer counts against the queue
-    engine.submit(rows(tiny_model, "waiting", 5, 2))
+    submit(engine, rows(tiny_model, "waiting", 5, 2))
     with pytest.raises(QueueFull) as info:
-        engine.submit(rows(tiny_model, "refused", 5))
+        submit(engine, rows(tiny_model, "refused", 5))
     assert info.value.retry_after >= 1.0
     assert engine.load().queue_depth == 2 and engine.load().in_flight == 1
 
@@ -205,20 +236,20 @@ def test_queue_full(tiny_model: LoadedModel, engines: EngineFactory) -> None:
 def test_stop_drains_then_refuses(tiny_model: LoadedModel, engines: EngineFactory) -> None:
     engine = engines(max_batch=2)
     results = Results()
-    requests = [r for g in "abc" for r in rows(tiny_model, g, 4, 2)]  # 6 rows, 2 slots: most are queued
-    engine.submit(requests, results.on_done)
+    requests = [rows(tiny_model, g, 4, 2) for g in "abc"]  # 6 rows, 2 slots: most are queued
+    submit(engine, requests, results.on_done)
     engine.stop(drain=True, timeout=TIMEOUT)
     assert all(result.ok for result in results.wait(requests))
     assert not engine.ready and not engine.alive
     with pytest.raises(EngineShuttingDown):
-        engine.submit(rows(tiny_model, "late", 4))
+        submit(engine, rows(tiny_model, "late", 4))
 
 
 def test_stop_without_drain_fails_what_is_left(tiny_model: LoadedModel, engines: EngineFactory) -> None:
     engine = engines(max_batch=1)
     results = Results()
     requests = rows(tiny_model, "long", 1000) + rows(tiny_model, "queued", 1000)
-    engine.submit(requests, results.on_done, results.on_progress)
+    submit(engine, requests, results.on_done, results.on_progress)
     assert results.started.wait(TIMEOUT)
     engine.stop(drain=False, timeout=TIMEOUT)
     for result in results.wait(requests):
@@ -233,15 +264,15 @@ def test_executor_crash_fails_only_in_flight_rows_and_restarts(
     flaky.fail_in = 2  # the third step of the two in-flight rows raises
     results = Results()
     in_flight, queued = rows(tiny_model, "a", 20, 2), rows(tiny_model, "b", 3)
-    engine.submit(in_flight, results.on_done)
-    engine.submit(queued, results.on_done)
+    submit(engine, in_flight, results.on_done)
+    submit(engine, queued, results.on_done)
     *lost, survivor = results.wait(in_flight + queued)
     for result in lost:
         assert isinstance(result.error, ExecutorFailed) and result.steps_done == 2
         assert "device error" in str(result.error) and "illegal memory access" in str(result.error)
     assert survivor.ok
-    assert engine.generate(rows(tiny_model, "c", 3), TIMEOUT)[0].ok
-    assert engine.core.warm_ups == 2 and recorder.events == ["restart"] and engine.ready
+    assert len(engine.generate(rows(tiny_model, "c", 3).spec, TIMEOUT).images) == 1
+    assert engine.warmed_up and recorder.events == ["restart"] and engine.ready
 
 
 def test_engine_dies_when_the_executor_cannot_restart(
@@ -252,11 +283,11 @@ def test_engine_dies_when_the_executor_cannot_restart(
     flaky.broken = True
     results = Results()
     in_flight, queued = rows(tiny_model, "a", 5), rows(tiny_model, "b", 5)
-    engine.submit(in_flight + queued, results.on_done)
+    submit(engine, in_flight + queued, results.on_done)
     first, second = results.wait(in_flight + queued)
     assert isinstance(first.error, ExecutorFailed) and isinstance(second.error, EngineDead)
     with pytest.raises(EngineDead):
-        engine.submit(rows(tiny_model, "c", 5))
+        submit(engine, rows(tiny_model, "c", 5))
     assert not engine.ready and not engine.wait_ready(0.1)
 
 
@@ -267,7 +298,7 @@ def test_pool_routes_and_reports(tiny_model: LoadedModel) -> None:
         assert pool.wait_ready(TIMEOUT) and pool.ready
         results = Results()
         requests = rows(tiny_model, "g", 3, 2)
-        assert pool.submit(requests, results.on_done) == "cpu"
+        assert submit(pool, requests, results.on_done) == "cpu"
         assert all(result.ok for result in results.wait(requests))
         assert pool.memory_bytes()["cpu"] > 0 and pool.loads()["cpu"].total == 0
         assert pool.cancel("nothing") == 0
@@ -275,4 +306,4 @@ def test_pool_routes_and_reports(tiny_model: LoadedModel) -> None:
         pool.stop(drain=True, timeout=TIMEOUT)
     assert not pool.ready
     with pytest.raises(EngineDead):
-        pool.submit(rows(tiny_model, "late", 3))
+        submit(pool, rows(tiny_model, "late", 3))

@@ -67,9 +67,10 @@ def test_same_seed_same_png(tiny_model_dir: Path, tmp_path: Path) -> None:
     [
         (["--steps", "1001", "--class-label", "0"], "steps must be between 1 and T=1000"),
         (["--steps", "0", "--class-label", "0"], "steps must be between 1 and T=1000"),
-        (["--steps", "10", "--class-label", "10"], "class label must be between 0 and 9"),
-        (["--steps", "10"], "class-conditional: give a class label"),
+        (["--steps", "10", "--class-label", "10"], "class_label must be between 0 and 9"),
+        (["--steps", "10"], "class-conditional: give class_label"),
         (["--steps", "ddim7x", "--class-label", "1"], "respacing"),
+        (["--steps", "10", "--class-label", "1", "--eta", "0.5"], "eta applies to sampler 'ddim' only"),
     ],
 )
 def test_bad_sample_arguments_give_one_error_line(
