@@ -1,9 +1,11 @@
 """The contract between the HTTP layer and wherever generations run.
 
-The API talks only to a `Backend`: today the in-process engine pool (service.backends.embedded), later a
-Triton Inference Server reached through tritonclient. Nothing here mentions tensors or devices: images
-come back as uint8 arrays [H, W, C], and failures as the engine's typed errors (service.engine.errors),
-which are the shared vocabulary every backend reports in, so the API maps them to HTTP in one place.
+The API talks only to a `Backend`: the in-process engine pool (service.backends.embedded) or Triton
+Inference Server workers reached through tritonclient (service.backends.triton). Nothing here mentions
+tensors or devices: images come back as uint8 arrays [H, W, C]. The vocabulary both sides share is the
+engine's and is re-exported here, so the API imports it from its one neighbour below: the generation
+(GenerationSpec, GenerationResult, GenerationProgress), the typed errors every backend reports in (the
+API maps them to HTTP in one place), the observer protocol metrics implement, and worker settings.
 
 Asyncio: `submit` is called on the event loop and returns at once; the `Generation` it returns is
 awaited there. A backend bridges whatever threads or sockets it uses back onto that loop.
@@ -12,14 +14,48 @@ awaited there. A backend bridges whatever threads or sockets it uses back onto t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
-from service.engine.errors import InvalidRequest
+from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+from service.engine import errors
+from service.engine.errors import EngineError, InvalidRequest
+from service.engine.generation import MAX_SEED, GenerationProgress, GenerationResult, GenerationSpec
+from service.engine.observer import EngineObserver, NullObserver
+from service.engine.request import Request as RowRequest
+from service.engine.request import RowStatus
+from service.engine.settings import EngineSettings, Precision
+from service.model.manifest import ModelManifest
 from service.quality.tradeoff import Tradeoff
+
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "MAX_SEED",
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "Backend",
+    "BackendStartupError",
+    "EngineError",
+    "EngineLoad",
+    "EngineObserver",
+    "EngineSettings",
+    "Generation",
+    "GenerationProgress",
+    "GenerationResult",
+    "GenerationSpec",
+    "ModelInfo",
+    "NullObserver",
+    "ObserverFactory",
+    "Precision",
+    "ProgressStream",
+    "RowRequest",
+    "RowStatus",
+    "UnknownModel",
+    "errors",
+]
+
+ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer (one per served model)
 
 
 class UnknownModel(InvalidRequest):
@@ -44,35 +80,7 @@ class ModelInfo:
     num_timesteps: int  # T: the largest K
     learn_sigma: bool
     tradeoff: Tradeoff | None  # calibrated quality per (sampler, K); None when uncalibrated
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """One generation request, fully decided: K chosen, seed chosen, deadline known."""
-
-    model: str
-    class_label: int | None
-    steps: int
-    num_images: int
-    seed: int
-    sampler: str = "ddpm"
-    eta: float = 0.0
-    timeout_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class GenerationProgress:
-    image_index: int
-    steps_done: int
-    num_steps: int
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    images: list[np.ndarray]  # uint8 [H, W, C], in image_index order
-    steps: int
-    queue_seconds: float  # the longest wait of any image for a slot
-    total_seconds: float  # submission -> the last image
+    manifest: ModelManifest  # what GenerationSpec.validate checks a request against
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,20 +23,20 @@ from service.backends.base import (
     GenerationResult,
     GenerationSpec,
     ModelInfo,
+    ObserverFactory,
     ProgressStream,
     UnknownModel,
 )
-from service.backends.triton_models import model_info
-from service.engine.errors import Cancelled, EngineError
-from service.engine.observer import EngineObserver
-from service.engine.pool import EnginePool, serving_devices
-from service.engine.request import RowProgress, RowResult, make_rows
+from service.backends.model_info import model_info
+from service.engine.devices import DeviceError, serving_devices
+from service.engine.errors import EngineError
+from service.engine.generation import Collation
+from service.engine.pool import EnginePool
+from service.engine.request import RowProgress, RowResult
 from service.engine.settings import EngineSettings
 from service.model.store import load_model
 
 log = logging.getLogger(__name__)
-
-ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
 
 
 class EmbeddedBackend:
@@ -71,7 +70,10 @@ class EmbeddedBackend:
     def _load_all(self) -> None:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        devices = _devices(self.device)
+        try:
+            devices = serving_devices(self.device)
+        except DeviceError as e:
+            raise BackendStartupError(str(e)) from None
         for model_dir in self.model_dirs:
             info = model_info(model_dir)
             if info.name in self._pools:
@@ -94,9 +96,7 @@ class EmbeddedBackend:
 
     @property
     def alive(self) -> bool:
-        return bool(self._pools) and all(
-            any(engine.alive for engine in pool.engines) for pool in self._pools.values()
-        )
+        return bool(self._pools) and all(pool.alive for pool in self._pools.values())
 
     def models(self) -> list[ModelInfo]:
         return list(self._models)
@@ -129,6 +129,9 @@ class EmbeddedBackend:
 
 
 class EmbeddedGeneration:
+    """One generation on the pool: engine callbacks (engine thread) hop onto the loop, where a
+    Collation turns the rows' results into the answer."""
+
     def __init__(
         self, pool: EnginePool, spec: GenerationSpec, loop: asyncio.AbstractEventLoop, progress: bool
     ) -> None:
@@ -139,27 +142,14 @@ class EmbeddedGeneration:
         self._future: asyncio.Future[GenerationResult] = loop.create_future()
         # A failure nobody awaits (the client left) must not be logged as "never retrieved".
         self._future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._results: dict[int, RowResult] = {}
+        self._collation = Collation(spec)
         self._progress: asyncio.Queue[GenerationProgress | None] | None = None
         if progress:
             self._progress = asyncio.Queue()
 
     def submit(self) -> None:
-        spec = self.spec
-        deadline = None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
-        rows = make_rows(
-            self.id,
-            spec.model,
-            spec.class_label,
-            spec.steps,
-            spec.num_images,
-            sampler=spec.sampler,
-            eta=spec.eta,
-            seed=spec.seed,
-            deadline=deadline,
-        )
         on_progress = self._on_progress if self._progress is not None else None
-        self._pool.submit(rows, self._on_done, on_progress)
+        self._pool.submit(self.spec, self.id, self._on_done, on_progress)
 
     async def result(self) -> GenerationResult:
         # shield: a caller that stops waiting (timeout, disconnect) must not cancel the shared future.
@@ -199,42 +189,16 @@ class EmbeddedGeneration:
             self._progress.put_nowait(event)
 
     def _row_done(self, result: RowResult) -> None:
-        self._results[result.request.image_index] = result
-        if not result.ok and len(self._results) < self.spec.num_images:
-            self.cancel()  # the request has failed as a whole: its other images would be thrown away
-        if len(self._results) < self.spec.num_images or self._future.done():
+        outcome = self._collation.add(result)
+        if outcome is None:
+            if self._collation.failed:
+                self.cancel()  # the request has failed as a whole: its other images would be thrown away
             return
-        outcome = _combine(self.spec, [self._results[i] for i in range(self.spec.num_images)])
+        if self._future.done():
+            return
         if isinstance(outcome, EngineError):
             self._future.set_exception(outcome)
         else:
             self._future.set_result(outcome)
         if self._progress is not None:
             self._progress.put_nowait(None)
-
-
-def _combine(spec: GenerationSpec, results: list[RowResult]) -> GenerationResult | EngineError:
-    """All images, or the error that ended the request (the first one that was not our own cancel)."""
-    errors = [r.error for r in results if not r.ok]
-    if errors:
-        causes = [e for e in errors if e is not None and not isinstance(e, Cancelled)]
-        return (causes or errors)[0] or EngineError("a row failed without an error")
-    images = [r.image for r in results if r.image is not None]
-    return GenerationResult(
-        images=images,
-        steps=spec.steps,
-        queue_seconds=max(r.queue_seconds for r in results),
-        total_seconds=max(r.total_seconds for r in results),
-    )
-
-
-def _devices(device: str) -> list[torch.device]:
-    if device == "auto":
-        return serving_devices()
-    if device == "cpu":
-        return [torch.device("cpu")]
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendStartupError("device 'cuda' was asked for but no CUDA device is visible")
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    raise BackendStartupError(f"device must be auto, cpu or cuda, got {device!r}")

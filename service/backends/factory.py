@@ -7,16 +7,13 @@ one needs the optional tritonclient (imported when it starts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from service.backends.base import Backend
-from service.engine.observer import EngineObserver
-from service.engine.settings import EngineSettings
+from service.backends.base import Backend, EngineSettings, ObserverFactory
 
 BackendKind = Literal["embedded", "triton"]
-ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
 
 
 def make_backend(

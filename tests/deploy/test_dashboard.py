@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.tritonserver import free_port
 from service.api.app import create_app
 from service.model.presets import get_preset
 from service.model.store import random_model_dir
 from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
+from service.triton_worker.launcher import free_port
 from tests.deploy.conftest import DASHBOARD, DOCKER
 from tests.triton_e2e.gateway import gateway_settings, served
 

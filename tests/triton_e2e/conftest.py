@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.tritonserver import TritonProcess, missing_reason
-from service.backends.triton_repo import write_triton_model
 from service.model.presets import get_preset
 from service.model.store import random_model_dir
+from service.triton_worker.launcher import TritonProcess, missing_reason
+from service.triton_worker.repo import write_triton_model
 
 MODEL = "tiny"  # folder name = Triton model name = manifest name
 WORKER_PARAMETERS = {"max_batch": "4", "max_queue": "32", "warmup_iterations": "1", "torch_threads": "1"}

@@ -12,7 +12,7 @@ import pytest
 
 from service.backends.base import GenerationSpec
 from service.backends.triton import TritonBackend
-from service.backends.triton_protocol import StreamEvent, WireRequest
+from service.backends.triton.protocol import StreamEvent, WireRequest
 from service.engine.errors import DeadlineExceeded, EngineDead
 from service.model.presets import get_preset
 from service.model.store import random_model_dir

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from loadtest.tritonserver import TritonProcess
 from service.api.app import create_app
+from service.triton_worker.launcher import TritonProcess
 from tests.triton_e2e.conftest import MODEL
 from tests.triton_e2e.gateway import TIMEOUT, gateway_settings, is_ready, served, wait_for
 

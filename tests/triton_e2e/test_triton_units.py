@@ -8,12 +8,12 @@ from pydantic import ValidationError
 
 from service.api import metrics as gateway_metrics
 from service.api.settings import Settings
-from service.backends import triton_metrics
 from service.backends.base import UnknownModel
-from service.backends.triton_protocol import INPUTS, OUTPUTS, WireRequest, decode_error, error_tensors
-from service.backends.triton_repo import config_pbtxt, write_triton_model
-from service.backends.triton_routing import Router
+from service.backends.triton.protocol import INPUTS, OUTPUTS, WireRequest, decode_error, error_tensors
+from service.backends.triton.routing import Router
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest, QueueFull
+from service.triton_worker import metrics as worker_metrics
+from service.triton_worker.repo import config_pbtxt, write_triton_model
 
 
 def test_wire_request_round_trips() -> None:
@@ -57,8 +57,8 @@ def test_config_pbtxt_declares_the_protocols_tensors(tmp_path) -> None:  # type:
 
 
 def test_worker_engine_settings_come_from_config_parameters() -> None:
-    from service.backends.triton_worker import engine_settings
     from service.engine.settings import EngineSettings
+    from service.triton_worker.model import engine_settings
 
     assert engine_settings({}) == EngineSettings()
     chosen = engine_settings({"max_batch": "8", "run_to_completion": "true", "compile": "false"})
@@ -130,16 +130,16 @@ def test_worker_metrics_match_the_gateways_names_types_and_buckets() -> None:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             types[name] = kind  # prometheus-client names a counter family with its _total
-    observer = triton_metrics.TritonMetricsObserver(_FakePbUtils(), "tiny", "cpu")
+    observer = worker_metrics.TritonMetricsObserver(_FakePbUtils(), "tiny", "cpu")
     observer.on_step("cpu", active_rows=3, bucket=4, seconds=0.02)
     for name, family in _FakeFamily.made.items():
         assert types.get(name) == family.kind, name
         (metric,) = family.metrics
         assert set(metric.labels) <= {"model", "engine", "device"}
     assert _FakeFamily.made["ddpm_batch_occupancy_ratio"].metrics[0].values == [0.75]
-    assert triton_metrics.STEP_BUCKETS == gateway_metrics.STEP_BUCKETS
-    assert triton_metrics.OCCUPANCY_BUCKETS == gateway_metrics.OCCUPANCY_BUCKETS
-    assert triton_metrics.ROWS_BUCKETS == gateway_metrics.ROWS_BUCKETS
+    assert worker_metrics.STEP_BUCKETS == gateway_metrics.STEP_BUCKETS
+    assert worker_metrics.OCCUPANCY_BUCKETS == gateway_metrics.OCCUPANCY_BUCKETS
+    assert worker_metrics.ROWS_BUCKETS == gateway_metrics.ROWS_BUCKETS
 
 
 class _NoBackend:

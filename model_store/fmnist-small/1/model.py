@@ -1,3 +1,3 @@
 """Triton's entry point for this model folder: the engine model of the installed ddpm-serve."""
 
-from service.backends.triton_worker import TritonPythonModel  # noqa: F401
+from service.triton_worker.model import TritonPythonModel  # noqa: F401

@@ -14,19 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from service.backends.triton_protocol import INPUTS, OUTPUTS
+from service.backends.triton.protocol import INPUTS, OUTPUTS
 from service.model.manifest import MANIFEST_FILE
 
 CONFIG_FILE = "config.pbtxt"
 VERSION = "1"
 SHIM = '''"""Triton's entry point for this model folder: the engine model of the installed ddpm-serve."""
 
-from service.backends.triton_worker import TritonPythonModel  # noqa: F401
+from service.triton_worker.model import TritonPythonModel  # noqa: F401
 '''
 
 
 def config_pbtxt(name: str, parameters: Mapping[str, str] | None = None) -> str:
-    """A decoupled Python-backend model config whose tensors are service.backends.triton_protocol's.
+    """A decoupled Python-backend model config whose tensors are service.backends.triton.protocol's.
 
     No instance_group: Triton then makes one instance per visible GPU (KIND_GPU), or one on the CPU,
     which is one engine per device, as the embedded pool has."""

@@ -1,24 +1,8 @@
-"""The Triton backend: generations run on one or more Triton Inference Servers (DDPM_BACKEND=triton,
-DDPM_TRITON_URLS=host:8001,...) that serve model_store/ with service.backends.triton_worker.
+"""TritonBackend: the Backend whose generations run on Triton workers (see the package docstring).
 
-- Models: the gateway reads each served model's model.json and tradeoff.json from DDPM_MODEL_DIRS (the
-  same model_store folders the workers load; the weights are not read). A model's Triton name is its
-  folder's name; the API uses its manifest's name, as with the embedded backend.
-- Transport: one gRPC stream per worker (tritonclient); responses are matched by request id.
-- Routing: least outstanding requests among the live workers that have the model ready
-  (triton_routing). Health: every second, server live + model ready per worker; a worker is dropped
-  after two failed checks, or at once when its stream breaks.
-- Failover: the requests of a dropped worker are sent again to another live one (their images do not
-  change: each image's noise comes from its seed); a worker's queue_full also tries the others. With no
-  live worker, `submit` raises EngineDead (503 with Retry-After).
-- Deadlines: the worker enforces a request's deadline; the gateway also fails it shortly after, so a
-  stalled worker cannot hold a request past its deadline.
-
-Metrics: per-request figures (latency, queue wait per K, images by status) are observed here through
-the same EngineObserver as the embedded engine's; per-iteration figures (step time, occupancy, queue
-depth, memory) are published by each worker on Triton's metrics port under the same names
-(triton_metrics). So `loads()` and `memory_bytes()` are empty here, and latency-budget selection uses
-calibrated seconds per image plus nothing for queueing (the gateway cannot see the workers' queues).
+Lives on the event loop. Requests go to the worker the router picks; the stream events of every worker
+come back here (tritonclient's thread -> event loop) and finish their generations; a worker that fails
+(stream broken, health checks failed) is dropped and its requests are sent again to another.
 """
 
 from __future__ import annotations
@@ -30,11 +14,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.backends.base import BackendStartupError, EngineLoad, GenerationSpec, ModelInfo, UnknownModel
-from service.backends.triton_generation import ObserverFactory, TritonGeneration
-from service.backends.triton_models import check_spec, model_info
-from service.backends.triton_protocol import StreamEvent, WireRequest, decode_error
-from service.backends.triton_routing import Router, WorkerState
+from service.backends.base import BackendStartupError, EngineLoad, GenerationSpec, ModelInfo, ObserverFactory
+from service.backends.triton.generation import TritonGeneration
+from service.backends.triton.health import HEALTH_INTERVAL_S, HealthChecks
+from service.backends.triton.models import ServedModels
+from service.backends.triton.protocol import StreamEvent, WireRequest, decode_error
+from service.backends.triton.routing import Router, WorkerState
 from service.engine.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -45,15 +30,12 @@ from service.engine.errors import (
 )
 
 if TYPE_CHECKING:  # imported at start(): tritonclient is an optional dependency
-    from service.backends.triton_connection import TritonConnection
+    from service.backends.triton.connection import TritonConnection
 
 log = logging.getLogger(__name__)
 
 Connect = Callable[[str, Callable[[StreamEvent], None]], "TritonConnection"]
 
-HEALTH_INTERVAL_S = 1.0
-HEALTH_TIMEOUT_S = 2.0
-FAILED_CHECKS_TO_DROP = 2  # one slow answer on a busy host is not a dead worker; a broken stream is
 DEADLINE_GRACE_S = 1.0  # the worker's own deadline error normally arrives first
 
 
@@ -75,9 +57,9 @@ class TritonBackend:
         self.router = Router(urls)
         self.model_dirs = [Path(d) for d in model_dirs]
         self.observer_for = observer_for
-        self.health_interval = health_interval
         self.connect = connect
-        self._models: dict[str, tuple[ModelInfo, str]] = {}  # API name -> (info, Triton name)
+        self._models = ServedModels()
+        self._checks = HealthChecks(self, health_interval)
         self._connections: dict[str, TritonConnection] = {}
         self._pending: dict[str, TritonGeneration] = {}  # Triton request id -> generation
         self._health: asyncio.Task[None] | None = None
@@ -91,14 +73,11 @@ class TritonBackend:
         connect = self.connect or _default_connect()
         self._loop = asyncio.get_running_loop()
         for model_dir in self.model_dirs:
-            info = model_info(model_dir)
-            if info.name in self._models:
-                raise BackendStartupError(f"{model_dir}: a model named {info.name!r} is already served")
-            self._models[info.name] = (info, model_dir.name)
+            self._models.add(model_dir)
         for worker in self.router.workers:
             self._connections[worker.url] = connect(worker.url, self._on_stream_event)
-        await self._check_all()  # serve at once when the workers are already up
-        self._health = self._loop.create_task(self._health_loop())
+        await self._checks.check_all()  # serve at once when the workers are already up
+        self._health = self._loop.create_task(self._checks.run())
 
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         self._stopping = True
@@ -119,7 +98,7 @@ class TritonBackend:
         return (
             bool(self._models)
             and not self._stopping
-            and all(self.router.serving(name) for _, name in self._models.values())
+            and all(self.router.serving(name) for name in self._models.triton_names())
         )
 
     @property
@@ -128,10 +107,10 @@ class TritonBackend:
         return bool(self._models) and not self._stopped
 
     def models(self) -> list[ModelInfo]:
-        return [info for info, _ in self._models.values()]
+        return self._models.infos()
 
     def loads(self) -> list[EngineLoad]:
-        return []  # queue depth and in-flight rows are the workers' metrics (see the module docstring)
+        return []  # queue depth and in-flight rows are the workers' metrics (see the package docstring)
 
     def memory_bytes(self) -> dict[str, int]:
         return {}
@@ -141,10 +120,7 @@ class TritonBackend:
     def submit(self, spec: GenerationSpec, *, progress: bool = False) -> TritonGeneration:
         if self._stopping:
             raise EngineShuttingDown("the gateway is shutting down")
-        if spec.model not in self._models:
-            raise UnknownModel(f"no model named {spec.model!r}; served: {', '.join(self._models)}")
-        info, triton_name = self._models[spec.model]
-        check_spec(info, spec)
+        info, triton_name = self._models.resolve(spec)
         observer = self.observer_for(info.name) if self.observer_for else None
         generation = TritonGeneration(spec, triton_name, progress, self, observer)
         self._send(generation)  # raises EngineDead when no worker is live: nothing is left pending
@@ -177,18 +153,7 @@ class TritonBackend:
         remaining = generation.remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("the request's deadline passed before a worker could take it")
-        spec = generation.spec
-        wire = WireRequest(
-            request_id=generation.id,
-            class_label=spec.class_label,
-            steps=spec.steps,
-            sampler=spec.sampler,
-            eta=spec.eta,
-            seed=spec.seed,
-            num_images=spec.num_images,
-            timeout_seconds=remaining,
-            progress=generation.wants_progress,
-        )
+        wire = generation.wire_request(remaining)
         request_id = generation.bind(worker)
         try:
             self._connections[worker.url].send(generation.triton_name, wire, request_id)
@@ -197,7 +162,7 @@ class TritonBackend:
             raise
         except Exception as e:  # the stream closed under us: that worker is gone, try another
             generation.unbind()
-            self._drop(worker, f"sending failed: {e}")
+            self.drop(worker, f"sending failed: {e}")
             self._send(generation)
             return
         self._pending[request_id] = generation
@@ -255,7 +220,7 @@ class TritonBackend:
             worker = self.router.worker(event.url)
             # A late event of a stream already replaced by a reconnect says nothing about the new one.
             if worker.live and self._connections[event.url].epoch == event.epoch:
-                self._drop(worker, f"its stream failed: {event.error}")
+                self.drop(worker, f"its stream failed: {event.error}")
             return
         generation = self._pending.get(event.request_id or "")
         if generation is None:
@@ -291,47 +256,27 @@ class TritonBackend:
             self._release(generation)
             generation.finish(EngineError("the worker ended the request without images or an error"), worker)
 
-    # -- health ---------------------------------------------------------------------------------------
+    # -- workers (HealthChecks calls these) ------------------------------------------------------------
 
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.health_interval)
-            try:
-                await self._check_all()
-            except Exception:  # the loop must survive anything one check does
-                log.exception("Triton health check failed")
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
-    async def _check_all(self) -> None:
-        await asyncio.gather(*(self._check(worker) for worker in self.router.workers))
+    def connection(self, url: str) -> TritonConnection:
+        return self._connections[url]
 
-    async def _check(self, worker: WorkerState) -> None:
-        connection = self._connections[worker.url]
-        names = [name for _, name in self._models.values()]
-        try:
-            ready: set[str] = await asyncio.to_thread(connection.check, names, HEALTH_TIMEOUT_S)
-        except Exception as e:
-            worker.failed_checks += 1
-            if worker.live and worker.failed_checks >= FAILED_CHECKS_TO_DROP:
-                self._drop(worker, f"health checks failed: {e}")
-            return
-        worker.failed_checks = 0
-        if not worker.live and ready and not self._stopping:
-            try:
-                await asyncio.to_thread(connection.open)
-            except Exception as e:
-                log.warning("cannot open a stream to Triton at %s: %s", worker.url, e)
-                return
-            worker.live = True
-            log.info("Triton at %s is live (models ready: %s)", worker.url, ", ".join(sorted(ready)))
-        lost = worker.ready_models - ready
-        worker.ready_models = ready
+    def triton_names(self) -> list[str]:
+        return self._models.triton_names()
+
+    def models_lost(self, worker: WorkerState, lost: set[str]) -> None:
+        """Models no longer ready on a live worker: its requests for them go to another worker."""
         for generation in [g for g in self._pending.values() if g.worker is worker]:
             if generation.triton_name in lost:
                 self._reroute(
                     generation, EngineDead(f"model {generation.triton_name} unloaded on {worker.url}")
                 )
 
-    def _drop(self, worker: WorkerState, reason: str) -> None:
+    def drop(self, worker: WorkerState, reason: str) -> None:
         """Take a worker out of rotation and move its requests to the others."""
         log.warning("dropping Triton worker %s: %s", worker.url, reason)
         worker.live = False
@@ -345,7 +290,7 @@ class TritonBackend:
 
 def _default_connect() -> Connect:
     try:
-        from service.backends.triton_connection import TritonConnection
+        from service.backends.triton.connection import TritonConnection
     except ImportError as e:
         raise BackendStartupError(
             f"the triton backend needs tritonclient: pip install 'ddpm-serve[triton]' ({e})"

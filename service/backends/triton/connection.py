@@ -16,7 +16,7 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from service.backends.triton_protocol import INPUTS, StreamEvent, WireRequest
+from service.backends.triton.protocol import INPUTS, StreamEvent, WireRequest
 
 # Triton prefixes some request errors with the request's id; tritonclient gives no other way to match them.
 _REQUEST_ID = re.compile(r"\[request id: ([^\]]+)\]")

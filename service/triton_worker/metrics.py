@@ -8,7 +8,7 @@ latency, queue wait per K, images by status) are counted by the gateway in both 
 here, so that Prometheus does not see them twice.
 
 Buckets are repeated from service.api.metrics rather than imported (a backend must not import the HTTP
-layer); tests/triton_e2e/test_worker_metrics.py checks that both agree.
+layer); tests/triton_e2e/test_triton_units.py checks that both agree.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """What a gateway knows of a model without loading it: ModelInfo from its folder's model.json and
-tradeoff.json (both backends use it; on Triton the weights stay on the workers), and the request checks
-the engine would make on submit."""
+tradeoff.json. Both backends use it; on Triton the weights stay on the workers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from service.backends.base import BackendStartupError, GenerationSpec, ModelInfo
-from service.engine.errors import InvalidRequest
+from service.backends.base import BackendStartupError, ModelInfo
 from service.model.manifest import read_manifest
 from service.quality.tradeoff import read_tradeoff
 
@@ -32,16 +30,5 @@ def model_info(model_dir: Path) -> ModelInfo:
         num_timesteps=manifest.diffusion.num_timesteps,
         learn_sigma=manifest.diffusion.learn_sigma,
         tradeoff=tradeoff,
+        manifest=manifest,
     )
-
-
-def check_spec(info: ModelInfo, spec: GenerationSpec) -> None:
-    """What the engine would refuse synchronously, refused here too (the API checks most of it first)."""
-    if not 1 <= spec.steps <= info.num_timesteps:
-        raise InvalidRequest(f"steps must be between 1 and T={info.num_timesteps}, got {spec.steps}")
-    if (spec.class_label is None) != (info.num_classes is None):
-        raise InvalidRequest(f"class_label does not fit model {info.name!r}")
-    if info.num_classes is not None and spec.class_label is not None and spec.class_label >= info.num_classes:
-        raise InvalidRequest(f"class_label must be between 0 and {info.num_classes - 1}")
-    if spec.num_images < 1:
-        raise InvalidRequest(f"num_images must be >= 1, got {spec.num_images}")

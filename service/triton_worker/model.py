@@ -1,6 +1,6 @@
 """The Triton Python-backend model that serves one model_store folder with our continuous-batching engine.
 
-Each model folder's `1/model.py` is a shim that imports `TritonPythonModel` from here (see triton_repo).
+Each model folder's `1/model.py` is a shim that imports `TritonPythonModel` from here (see repo).
 The model is decoupled: `execute` only validates and queues a request's images on the engine and returns
 at once, so requests keep joining the running batch; the engine thread sends each request's final
 response (its images, or its error) when its last image ends, and PROGRESS responses before that when
@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import threading
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,21 +26,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.backends.triton_metrics import GaugeRefresher, TritonMetricsObserver
-from service.backends.triton_protocol import (
+from service.backends.triton.protocol import (
     INPUTS,
     WireRequest,
     error_tensors,
     progress_tensors,
     result_tensors,
 )
-from service.engine.errors import Cancelled, EngineDead, EngineError
+from service.engine.devices import serving_devices
+from service.engine.engine import Engine
+from service.engine.errors import EngineDead, EngineError
+from service.engine.generation import Collation, GenerationSpec
 from service.engine.observer import EngineObserver, NullObserver
-from service.engine.pool import EnginePool
-from service.engine.request import RowProgress, RowResult, make_rows
+from service.engine.request import RowProgress, RowResult
 from service.engine.settings import EngineSettings, Precision
 from service.model.manifest import read_manifest
 from service.model.store import load_model
+from service.triton_worker.metrics import GaugeRefresher, TritonMetricsObserver
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,11 @@ class TritonPythonModel:
         self.drain_timeout = float(params.get("drain_timeout_s", "30"))
         # Metric labels use the manifest's name, as the gateway does (the Triton name is the folder's).
         observer = _observer(pb_utils, read_manifest(model_dir).name, str(device))
-        self.pool = EnginePool.create(
-            partial(load_model, model_dir), engine_settings(params), observer, devices=[device]
+        model = load_model(model_dir, device=device)
+        self.engine = Engine(
+            model, engine_settings(params), device=device, observer=observer, name=str(device)
         )
-        self.engine = self.pool.engines[0]
-        self.model_name = self.engine.core.model.name
+        self.model_name = self.engine.model_name
         self.engine.start()
         if not self.engine.wait_ready(WARMUP_TIMEOUT_SECONDS):
             self.engine.stop(drain=False)
@@ -104,21 +105,10 @@ class TritonPythonModel:
                 self.engine.cancel(wire.request_id)
                 reply.final({})
                 return
-            deadline = None if wire.timeout_seconds is None else time.monotonic() + wire.timeout_seconds
-            rows = make_rows(
-                wire.request_id,
-                self.model_name,
-                wire.class_label,
-                wire.steps,
-                wire.num_images,
-                sampler=wire.sampler,
-                eta=wire.eta,
-                seed=wire.seed,
-                deadline=deadline,
-            )
-            pending = _PendingRequest(reply, wire, self.engine.cancel)
+            spec = wire.spec(self.model_name)
+            pending = _PendingRequest(reply, wire, spec, self.engine.cancel)
             on_progress = pending.on_progress if wire.progress else None
-            self.engine.submit(rows, pending.on_done, on_progress)
+            self.engine.submit(spec, wire.request_id, pending.on_done, on_progress)
         except EngineError as e:
             reply.final(error_tensors(e))
         except Exception as e:  # a bug here must answer this request, not hang it
@@ -126,8 +116,7 @@ class TritonPythonModel:
             reply.final(error_tensors(EngineError(f"the worker failed: {type(e).__name__}: {e}")))
 
     def _refresh_gauges(self, observer: TritonMetricsObserver) -> None:
-        memory = self.pool.memory_bytes()[self.engine.name]
-        observer.set_load(self.engine.load(), memory)
+        observer.set_load(self.engine.load(), self.engine.memory_bytes())
 
 
 class _Reply:
@@ -156,12 +145,12 @@ class _Reply:
 class _PendingRequest:
     """Collects one request's rows (engine thread) and answers once the last one ends."""
 
-    def __init__(self, reply: _Reply, wire: WireRequest, cancel: Any) -> None:
+    def __init__(self, reply: _Reply, wire: WireRequest, spec: GenerationSpec, cancel: Any) -> None:
         self.reply = reply
         self.wire = wire
         self.cancel = cancel
-        self.results: dict[int, RowResult] = {}
-        self.failed = False
+        self.collation = Collation(spec)
+        self.cancelling = False
 
     def on_progress(self, progress: RowProgress) -> None:
         self.reply.send(
@@ -169,28 +158,24 @@ class _PendingRequest:
         )
 
     def on_done(self, result: RowResult) -> None:
-        self.results[result.request.image_index] = result
-        if not result.ok and not self.failed:
-            self.failed = True
+        outcome = self.collation.add(result)
+        if self.collation.failed and not self.cancelling:
+            self.cancelling = True
             # The request has failed as a whole: stop its other images. Not from this callback (the
             # engine's callbacks must not call back into it), hence a short-lived thread.
             threading.Thread(target=self.cancel, args=(self.wire.request_id,), daemon=True).start()
-        if len(self.results) < self.wire.num_images:
+        if outcome is None:
             return
-        ordered = [self.results[i] for i in range(self.wire.num_images)]
-        errors = [r.error for r in ordered if not r.ok and r.error is not None]
-        if errors or any(not r.ok for r in ordered):
-            causes = [e for e in errors if not isinstance(e, Cancelled)]
-            error = (causes or errors or [EngineError("an image failed without an error")])[0]
-            self.reply.final(error_tensors(error))
+        if isinstance(outcome, EngineError):
+            self.reply.final(error_tensors(outcome))
             return
-        images = np.stack([r.image for r in ordered if r.image is not None])
+        rows = self.collation.ordered()
         self.reply.final(
             result_tensors(
-                images,
-                self.wire.steps,
-                [r.queue_seconds for r in ordered],
-                [r.total_seconds for r in ordered],
+                np.stack(outcome.images),
+                int(outcome.steps),
+                [r.queue_seconds for r in rows],
+                [r.total_seconds for r in rows],
             )
         )
 
@@ -213,8 +198,8 @@ def _device(args: dict[str, str]) -> torch.device:
     if args.get("model_instance_kind") == "GPU":
         if not torch.cuda.is_available():
             raise EngineDead("the instance is KIND_GPU but torch sees no CUDA device")
-        return torch.device("cuda", int(args.get("model_instance_device_id", "0")))
-    return torch.device("cpu")
+        return serving_devices(f"cuda:{args.get('model_instance_device_id', '0')}")[0]
+    return serving_devices("cpu")[0]
 
 
 def _observer(pb_utils: Any, model: str, engine: str) -> EngineObserver:

@@ -1,8 +1,8 @@
 """The wire format between the gateway (service.backends.triton) and the Triton model
-(service.backends.triton_worker): tensor names, dtypes and shapes, and how errors travel.
+(service.triton_worker.model): tensor names, dtypes and shapes, and how errors travel.
 
 Pure numpy on purpose: the gateway does not import Triton's server utilities, the worker does not import
-tritonclient, and both must agree on this one file. `config_pbtxt` (service.backends.triton_repo) writes
+tritonclient, and both must agree on this one file. `config_pbtxt` (service.triton_worker.repo) writes
 the same names into each model's config.pbtxt.
 
 Errors travel in an ERROR output of an ordinary final response rather than as a Triton error response:
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.backends.base import UnknownModel
+from service.backends.base import DEFAULT_SAMPLER, GenerationSpec, UnknownModel
 from service.engine import errors
 
 # name -> (Triton dtype, dims, optional). Every input is a [1] tensor; max_batch_size is 0 because the
@@ -28,8 +28,8 @@ INPUTS: dict[str, tuple[str, tuple[int, ...], bool]] = {
     "REQUEST_ID": ("BYTES", (1,), False),  # the engine's group id: a later CANCEL names it
     "CLASS_LABEL": ("INT64", (1,), True),  # absent or -1: unconditional
     "STEPS": ("INT32", (1,), True),  # K
-    "SAMPLER": ("BYTES", (1,), True),  # "ddpm" (default) or "ddim"
-    "ETA": ("FP32", (1,), True),
+    "SAMPLER": ("BYTES", (1,), True),  # a name in service.diffusion.samplers (default "ddpm")
+    "ETA": ("FP32", (1,), True),  # < 0: not given
     "SEED": ("INT64", (1,), True),
     "NUM_IMAGES": ("INT32", (1,), True),
     "TIMEOUT_SECONDS": ("FP32", (1,), True),  # absent or <= 0: no deadline
@@ -74,7 +74,7 @@ _ERROR_TYPES: dict[str, type[errors.EngineError]] = {
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """What a worker's gRPC stream delivered (see triton_connection), tagged with the stream's epoch so
+    """What a worker's gRPC stream delivered (see connection), tagged with the stream's epoch so
     that a late event of a stream already replaced by a reconnect is recognisable."""
 
     url: str
@@ -93,8 +93,8 @@ class WireRequest:
     request_id: str
     class_label: int | None = None
     steps: int = 1
-    sampler: str = "ddpm"
-    eta: float = 0.0
+    sampler: str = DEFAULT_SAMPLER
+    eta: float | None = None
     seed: int = 0
     num_images: int = 1
     timeout_seconds: float | None = None
@@ -113,7 +113,7 @@ class WireRequest:
                 CLASS_LABEL=-1 if self.class_label is None else self.class_label,
                 STEPS=self.steps,
                 SAMPLER=self.sampler.encode(),
-                ETA=self.eta,
+                ETA=-1.0 if self.eta is None else self.eta,
                 SEED=self.seed,
                 NUM_IMAGES=self.num_images,
                 TIMEOUT_SECONDS=self.timeout_seconds or 0.0,
@@ -122,6 +122,38 @@ class WireRequest:
         return {
             name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
         }
+
+    @classmethod
+    def from_spec(
+        cls, spec: GenerationSpec, request_id: str, timeout_seconds: float | None, progress: bool
+    ) -> WireRequest:
+        """What the gateway sends for a generation (already validated against the model's manifest)."""
+        if not isinstance(spec.steps, int) or isinstance(spec.steps, bool):
+            raise errors.InvalidRequest(f"the Triton backend takes an integer K, got {spec.steps!r}", "steps")
+        return cls(
+            request_id=request_id,
+            class_label=spec.class_label,
+            steps=spec.steps,
+            sampler=spec.sampler,
+            eta=spec.eta,
+            seed=spec.seed,
+            num_images=spec.num_images,
+            timeout_seconds=timeout_seconds,
+            progress=progress,
+        )
+
+    def spec(self, model: str) -> GenerationSpec:
+        """The generation the worker runs (its engine validates it)."""
+        return GenerationSpec(
+            model=model,
+            class_label=self.class_label,
+            steps=self.steps,
+            num_images=self.num_images,
+            seed=self.seed,
+            sampler=self.sampler,
+            eta=self.eta,
+            timeout_seconds=self.timeout_seconds,
+        )
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray]) -> WireRequest:
@@ -138,13 +170,14 @@ class WireRequest:
         if not request_id:
             raise errors.InvalidRequest("REQUEST_ID is required")
         label = int(scalar("CLASS_LABEL", -1))
+        eta = float(scalar("ETA", -1.0))
         timeout = float(scalar("TIMEOUT_SECONDS", 0.0))
         return cls(
             request_id=request_id,
             class_label=None if label < 0 else label,
             steps=int(scalar("STEPS", 1)),
-            sampler=str(scalar("SAMPLER", "ddpm")),
-            eta=float(scalar("ETA", 0.0)),
+            sampler=str(scalar("SAMPLER", DEFAULT_SAMPLER)),
+            eta=None if eta < 0 else eta,
             seed=int(scalar("SEED", 0)),
             num_images=int(scalar("NUM_IMAGES", 1)),
             timeout_seconds=timeout if timeout > 0 else None,

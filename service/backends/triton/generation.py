@@ -8,18 +8,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from service.backends.base import GenerationProgress, GenerationResult, GenerationSpec, ProgressStream
-from service.backends.triton_routing import WorkerState
-from service.engine.errors import EngineError
-from service.engine.observer import EngineObserver
-from service.engine.request import RowStatus, make_rows
-
-ObserverFactory = Callable[[str], EngineObserver]  # model name -> its observer
+from service.backends.base import (
+    EngineError,
+    EngineObserver,
+    GenerationProgress,
+    GenerationResult,
+    GenerationSpec,
+    ProgressStream,
+    RowStatus,
+)
+from service.backends.triton.protocol import WireRequest
+from service.backends.triton.routing import WorkerState
 
 
 class _Backend(Protocol):
@@ -40,12 +43,9 @@ class TritonGeneration:
         self.triton_name = triton_name
         self.wants_progress = progress
         self.observer = observer
-        # The rows the worker will make: validates the fields the engine checks without the model
-        # (sampler, eta, K >= 1), and gives the observer the Request objects it reports on.
-        self.rows = make_rows(
-            self.id, spec.model, spec.class_label, spec.steps, spec.num_images, sampler=spec.sampler,
-            eta=spec.eta, seed=spec.seed,
-        )  # fmt: skip
+        # The rows the worker will make (the spec was validated by ServedModels.resolve): the Request
+        # objects the observer reports on, as the embedded backend's engine reports them.
+        self.rows = spec.rows(self.id)
         self.started = time.monotonic()
         self.deadline = None if spec.timeout_seconds is None else self.started + spec.timeout_seconds
         self.tried: set[WorkerState] = set()
@@ -108,6 +108,10 @@ class TritonGeneration:
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def wire_request(self, timeout_seconds: float | None) -> WireRequest:
+        """What is sent to a worker for this request."""
+        return WireRequest.from_spec(self.spec, self.id, timeout_seconds, self.wants_progress)
 
     def put_progress(self, values: np.ndarray) -> None:
         if self._progress is not None and not self.done:
