@@ -14,13 +14,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from service.api import errors
+from service.api import errors, openapi
 from service.api.context import AppContext
 from service.api.metrics import Metrics
 from service.api.routes import generate, health, models
 from service.api.settings import Settings
-from service.backends.base import Backend
-from service.engine.settings import EngineSettings
+from service.backends.base import Backend, EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     errors.install(app, on_error=lambda request, error: _count_failure(metrics, request, error))
     for router in (generate.router, models.router, health.router):
         app.include_router(router)
+    openapi.install(app, context)
     return app
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.backends.base import UnknownModel
-from service.engine import errors as engine
+from service.backends.base import errors as engine
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def as_api_error(error: Exception) -> ApiError:
         elif status == 503:
             retry_after = RETRY_AFTER_UNAVAILABLE
         field = "model" if isinstance(error, UnknownModel) else None
+        if isinstance(error, engine.InvalidRequest) and error.field is not None:
+            field = error.field
         return ApiError(status, error.code, str(error), field, retry_after)
     return ApiError(500, "internal_error", "the server failed unexpectedly; the error was logged")
 

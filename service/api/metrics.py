@@ -15,9 +15,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.api.latency import LatencyTracker
-from service.backends.base import Backend, ModelInfo
-from service.engine.observer import NullObserver
-from service.engine.request import Request, RowStatus
+from service.backends.base import Backend, ModelInfo, NullObserver, RowStatus
+from service.backends.base import RowRequest as Request
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -203,8 +202,8 @@ class MetricsObserver(NullObserver):
 
 
 class BackendCollector(Collector):
-    """A custom collector rather than gauges set from on_queue_depth: the engine reports depth only while
-    it iterates, so a gauge would keep its last busy value forever once the engine goes idle."""
+    """A custom collector rather than gauges set by the engine: the engine reports only while it
+    iterates, so a gauge would keep its last busy value forever once the engine goes idle."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

@@ -1,5 +1,7 @@
-"""From a validated request body to a GenerationSpec: the checks that need the model or the settings
-(label range, K <= T, num_images cap...) and the choice of K and seed. Every failure names its field."""
+"""From a validated request body to a GenerationSpec: the server's published limits (num_images and
+timeout_ms caps, stated in the OpenAPI schema too), the choice of K and seed. Checks against the model
+(label range, K <= T, eta for this sampler...) are the engine's single GenerationSpec.validate, whose
+InvalidRequest names the field; the API only maps it to HTTP."""
 
 from __future__ import annotations
 
@@ -32,17 +34,19 @@ class Plan:
     seed_chosen_by_server: bool
     quality: TradeoffPoint | None  # calibrated quality at the chosen K, if measured
 
+    @property
+    def steps(self) -> int:
+        """K as chosen (the API only ever sends an integer K, never a respacing string)."""
+        return self.choice.steps
+
 
 def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
     info = find_model(context, body.model)
-    _check_label(info, body.class_label)
     settings = context.settings
     if body.num_images > settings.max_num_images:
         raise invalid(
             "num_images", f"num_images must be at most {settings.max_num_images}, got {body.num_images}"
         )
-    if body.eta is not None and body.sampler != "ddim":
-        raise invalid("eta", "eta applies to sampler 'ddim' only; remove it or set sampler to 'ddim'")
     timeout_ms = body.timeout_ms or settings.default_timeout_ms
     if timeout_ms > settings.max_timeout_ms:
         raise invalid("timeout_ms", f"timeout_ms must be at most {settings.max_timeout_ms}, got {timeout_ms}")
@@ -55,7 +59,7 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         num_images=body.num_images,
         seed=seed,
         sampler=body.sampler,
-        eta=body.eta or 0.0,
+        eta=body.eta,
         timeout_seconds=timeout_ms / 1000,
     )
     quality = point_at(info, body.sampler, choice.steps)
@@ -71,13 +75,8 @@ def find_model(context: AppContext, name: str | None, field: str = "model") -> M
 
 
 def choose_steps(body: GenerateRequest, info: ModelInfo, context: AppContext) -> StepChoice:
-    T = info.num_timesteps
     if body.steps is not None:
-        if body.steps > T:
-            raise invalid(
-                "steps", f"steps must be between 1 and T={T} for model {info.name!r}, got {body.steps}"
-            )
-        return StepChoice(body.steps, "steps")
+        return StepChoice(body.steps, "steps")  # K <= T is checked by the engine with the model
     if body.max_fid is not None:
         return choose_for_fid(require_calibrated(info, body.sampler, "max_fid"), body.max_fid)
     if body.latency_budget_ms is not None:
@@ -85,20 +84,4 @@ def choose_steps(body: GenerateRequest, info: ModelInfo, context: AppContext) ->
         load = least_loaded(context.backend.loads(), info.name)
         predict = LatencyPredictor(context.metrics.tracker(info.name), load, body.num_images)
         return choose_for_latency(points, body.latency_budget_ms / 1000, predict)
-    return StepChoice(min(context.settings.default_steps, T), "default")
-
-
-def _check_label(info: ModelInfo, class_label: int | None) -> None:
-    if info.num_classes is None:
-        if class_label is not None:
-            raise invalid("class_label", f"model {info.name!r} is unconditional: omit class_label")
-        return
-    if class_label is None:
-        raise invalid(
-            "class_label",
-            f"model {info.name!r} is class-conditional: give class_label (0..{info.num_classes - 1})",
-        )
-    if class_label >= info.num_classes:
-        raise invalid(
-            "class_label", f"class_label must be between 0 and {info.num_classes - 1}, got {class_label}"
-        )
+    return StepChoice(min(context.settings.default_steps, info.num_timesteps), "default")

@@ -11,7 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-MAX_SEED = 2**63 - 1  # per-image seeds are derived from 63 bits (service.diffusion.noise.image_seed)
+from service.backends.base import DEFAULT_SAMPLER, MAX_SEED, SAMPLER_NAMES, SAMPLERS
+
+# The registry's names as the request's enum (a Literal built at import: every registered sampler).
+SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
+SAMPLER_HELP = "; ".join(f"{s.name}: {s.description}" for s in SAMPLERS.values())
 STEP_CHOOSERS = ("steps", "latency_budget_ms", "max_fid")
 
 
@@ -54,13 +58,13 @@ class GenerateRequest(BaseModel):
         strict=True,
         description="The server picks the smallest calibrated K whose measured FID is at most this.",
     )
-    sampler: Literal["ddpm", "ddim"] = Field(
-        "ddpm", description="ddpm: ancestral sampling with the learned variance; ddim: DDIM with eta."
-    )
+    sampler: SamplerName = Field(DEFAULT_SAMPLER, description=SAMPLER_HELP + ".")
     eta: float | None = Field(
         None, ge=0, le=1, allow_inf_nan=False, strict=True, description="DDIM noise scale (ddim only)."
     )
-    num_images: int = Field(1, ge=1, strict=True, description="Images to generate (capped by the server).")
+    num_images: int = Field(
+        1, ge=1, strict=True, description="Images to generate (at most the server's cap; see the maximum)."
+    )
     seed: int | None = Field(
         None,
         ge=0,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.engine.settings import Precision
+from service.backends.base import Precision
 
 DEFAULT_MODEL_DIR = Path("model_store/fmnist-small")
 # The checkout the package was installed from (editable installs), so `ddpm-serve` finds the bundled model

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,8 +14,20 @@ from service.backends.base import (
     GenerationSpec,
     ModelInfo,
 )
+from service.model.manifest import ModelManifest
+from service.model.presets import get_preset
 
-UNCONDITIONAL = ModelInfo("uncond", 8, 1, None, (), 100, True, None)
+
+def _unconditional() -> ModelInfo:
+    """An 8x8 grey unconditional model with T = 100 (never loaded: only its manifest is read)."""
+    preset = get_preset("tiny-test")
+    assert preset.diffusion is not None
+    unet = replace(preset.unet, image_size=8, in_channels=1, out_channels=2, num_classes=None)
+    manifest = ModelManifest("uncond", unet, replace(preset.diffusion, num_timesteps=100), image_channels=1)
+    return ModelInfo("uncond", 8, 1, None, (), 100, True, None, manifest)
+
+
+UNCONDITIONAL = _unconditional()
 
 
 class FakeGeneration:
@@ -75,5 +87,7 @@ class FakeBackend:
     def submit(self, spec: GenerationSpec, *, progress: bool = False) -> FakeGeneration:
         if self.submit_error is not None:
             raise self.submit_error
+        (info,) = [m for m in self.models_served if m.name == spec.model]
+        spec.validate(info.manifest)  # as both real backends do: the engine's one validation
         self.submitted.append(spec)
         return FakeGeneration(spec, self.result_error)

@@ -81,3 +81,20 @@ def test_result_errors_map_to_statuses_and_stream_events(error: Exception, statu
         assert s.status_code == 200 and "event: progress" in text and "event: error" in text
         metrics = client.get("/metrics").text
         assert f'status="{error.code}"' in metrics
+
+
+def test_the_schema_publishes_every_limit_the_server_enforces() -> None:
+    with serve(SETTINGS, FakeBackend()) as client:
+        fields = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["properties"]
+
+        def maximum(name: str) -> int:
+            (bound,) = [o["maximum"] for o in fields[name].get("anyOf", [fields[name]]) if "maximum" in o]
+            return int(bound)
+
+        assert maximum("num_images") == 4 and maximum("steps") == 100
+        assert maximum("timeout_ms") == SETTINGS.max_timeout_ms
+        assert fields["sampler"]["enum"] == ["ddpm", "ddim"]
+        for name, value in (("num_images", 4), ("steps", 100), ("timeout_ms", SETTINGS.max_timeout_ms)):
+            assert client.post("/generate", json={"steps": 3} | {name: value}).status_code == 200
+            r = client.post("/generate", json={"steps": 3} | {name: value + 1})
+            assert r.status_code == 422 and r.json()["error"]["field"] == name, r.text

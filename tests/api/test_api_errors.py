@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine.request import make_rows
+from service.engine.generation import GenerationSpec
 from tests.api.helpers import ModelDirs, make_settings, serve
 
 GOOD = {"class_label": 1, "steps": 2}
@@ -124,12 +124,12 @@ def test_bad_requests_do_not_disturb_a_good_one(client: TestClient) -> None:
 def test_full_queue_answers_429_with_retry_after(model_dirs: ModelDirs) -> None:
     with serve(make_settings(model_dirs, max_batch=1, max_queue=1, max_num_images=1)) as client:
         pool = client.app.state.context.backend.pool("tiny")  # type: ignore[attr-defined]
-        pool.submit(make_rows("fill-running", "tiny", 1, 1000))
+        pool.submit(GenerationSpec("tiny", 1, 1000), "fill-running")
         deadline = time.monotonic() + 30
         while pool.loads()["cpu"].in_flight == 0:  # wait until it holds the only slot
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        pool.submit(make_rows("fill-queued", "tiny", 1, 1000))  # the queue (1 image) is now full
+        pool.submit(GenerationSpec("tiny", 1, 1000), "fill-queued")  # the queue (1 image) is now full
         try:
             r = client.post("/generate", json=GOOD)
             assert r.status_code == 429, r.text

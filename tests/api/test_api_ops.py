@@ -60,13 +60,16 @@ def test_tradeoff_merges_live_latency(client: TestClient) -> None:
 def test_metrics_exposes_the_ddpm_names(client: TestClient) -> None:
     assert client.post("/generate", json={"class_label": 0, "steps": 3}).status_code == 200
     assert client.post("/generate", json={"class_label": 99, "steps": 3}).status_code == 422
+    assert client.post("/generate", json={"class_label": 0, "steps": "3"}).status_code == 422
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     missing = [name for name in METRIC_NAMES if f"\n{name}{{" not in text and f"\n{name} " not in text]
     assert not missing
-    # K=3 is neither configured nor calibrated: bucketed. A failure before K is known has no model/K.
+    # K=3 is neither configured nor calibrated: bucketed. A body refused before the model and K are known
+    # has neither; the engine's refusal of a label comes after both are, and is counted under them.
     assert 'ddpm_requests_total{k="le_10",model="tiny",status="ok"}' in text
+    assert 'ddpm_requests_total{k="le_10",model="tiny",status="invalid_request"}' in text
     assert 'ddpm_requests_total{k="none",model="unknown",status="invalid_request"}' in text
     assert 'ddpm_calibrated_fid{k="20",model="tiny",sampler="ddpm"} 12.0' in text
 

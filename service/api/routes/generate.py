@@ -57,7 +57,7 @@ async def generate(body: GenerateRequest, request: Request, context: Context) ->
     """Generate images of a class with K reverse steps, chosen by the caller or from a target."""
     started = time.perf_counter()
     plan = plan_generation(body, context)
-    labels = (plan.info.name, context.metrics.k_label(plan.spec.steps))
+    labels = (plan.info.name, context.metrics.k_label(plan.steps))
     request.state.metric_labels = labels  # failures are counted by the error handlers
     generation = context.backend.submit(plan.spec, progress=body.stream)
     if body.stream:
@@ -97,7 +97,7 @@ async def _client_gone(request: Request) -> None:
 
 
 def _event_stream(generation: Generation, plan: Plan, context: AppContext, started: float) -> Response:
-    labels = (plan.info.name, context.metrics.k_label(plan.spec.steps))
+    labels = (plan.info.name, context.metrics.k_label(plan.steps))
 
     async def events() -> AsyncIterator[bytes]:
         status = "cancelled"  # unless the stream ends on its own: a client that left closes it early
@@ -124,7 +124,7 @@ def _event_stream(generation: Generation, plan: Plan, context: AppContext, start
 
 
 async def _progress_events(generation: Generation, plan: Plan) -> AsyncIterator[bytes]:
-    num_images, steps = plan.spec.num_images, plan.spec.steps
+    num_images, steps = plan.spec.num_images, plan.steps
     done = [0] * num_images
     stream = generation.progress()
     while True:
@@ -152,9 +152,9 @@ async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
     predicted = None if choice.predicted_seconds is None else choice.predicted_seconds * 1000
     return GenerateResponse(
         model=spec.model,
-        steps=spec.steps,
+        steps=plan.steps,
         sampler=spec.sampler,
-        eta=spec.eta,
+        eta=spec.eta or 0.0,
         class_label=spec.class_label,
         seed=spec.seed,
         seed_chosen_by_server=plan.seed_chosen_by_server,
@@ -183,7 +183,7 @@ def _choice_headers(plan: Plan) -> dict[str, str]:
     spec = plan.spec
     return {
         "X-Model": spec.model,
-        "X-Steps": str(spec.steps),
+        "X-Steps": str(plan.steps),
         "X-Seed": str(spec.seed),
         "X-Sampler": spec.sampler,
         "X-Num-Images": str(spec.num_images),

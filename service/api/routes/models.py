@@ -19,10 +19,9 @@ from service.api.schemas import (
     TradeoffRow,
 )
 from service.api.selection import calibrated_points
-from service.backends.base import ModelInfo
+from service.backends.base import SAMPLER_NAMES, ModelInfo
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-SAMPLERS = ("ddpm", "ddim")
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown model"}}
 
 
@@ -73,10 +72,10 @@ def _card(info: ModelInfo, context: AppContext) -> ModelCard:
         class_names=list(info.class_names),
         num_timesteps=info.num_timesteps,
         learn_sigma=info.learn_sigma,
-        samplers=list(SAMPLERS),
+        samplers=list(SAMPLER_NAMES),
         default_steps=min(settings.default_steps, info.num_timesteps),
         max_num_images=settings.max_num_images,
-        calibrated_steps={s: [p.steps for p in calibrated_points(info, s)] for s in SAMPLERS},
+        calibrated_steps={s: [p.steps for p in calibrated_points(info, s)] for s in SAMPLER_NAMES},
     )
 
 
