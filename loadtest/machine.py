@@ -1,22 +1,22 @@
-"""What the numbers were measured on, and the random benchmark model.
+"""What the numbers were measured on, and the random benchmark model's folder.
 
 Absolute timings on a shared 2-core machine are noisy, so the report records the machine, the load
 average around each phase and whether a training run shared the CPU; the bars are ratios measured side by
-side in one run.
+side in one run. The model folder is written by the `ddpm init` command line in a child process, so this
+harness never loads a network itself (bench/model.py loads it for the in-process benchmarks).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from service.model.presets import get_preset
-from service.model.store import LoadedModel, load_model, random_model_dir
 
 BENCH_PRESET = "fmnist-small"  # the bundled model's architecture: same compute, but weights nobody rewrites
 TORCH_THREADS = 1
@@ -27,12 +27,19 @@ def pin_threads(threads: int = TORCH_THREADS) -> None:
     torch.set_num_threads(threads)
 
 
-def random_model(preset: str = BENCH_PRESET, out_dir: Path | None = None) -> tuple[Path, LoadedModel]:
-    """A randomly initialised model folder (what `ddpm init --preset NAME` writes) and it, loaded."""
+def ddpm_command() -> list[str]:
+    """The `ddpm` offline command line of this environment."""
+    script = Path(sys.executable).parent / "ddpm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli.ddpm"]
+
+
+def random_model_dir(preset: str = BENCH_PRESET, out_dir: Path | None = None) -> Path:
+    """A randomly initialised model folder (seed 0), written by `ddpm init --preset NAME` unless present."""
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="ddpm-bench-")) / preset
     if not (out_dir / "model.json").is_file():
-        random_model_dir(get_preset(preset), out_dir, seed=0)
-    return out_dir, load_model(out_dir)
+        command = [*ddpm_command(), "init", "--preset", preset, "--out", str(out_dir), "--seed", "0"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return out_dir
 
 
 def load_average() -> float:

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from loadtest import ceiling, driver, report
+from loadtest import driver, raw_ceiling, report
 from loadtest.driver import Arrival, Outcome, Percentile
-from loadtest.machine import load_average, pin_threads, random_model
+from loadtest.machine import load_average, pin_threads, random_model_dir
 from loadtest.server import Server, ServerConfig
 
 MIX = {10: 0.75, 250: 0.25}
@@ -186,11 +186,11 @@ def main() -> None:
     parser.add_argument("--capacity", type=float, help="images*steps/s; default: measure the raw ceiling")
     args = parser.parse_args()
     pin_threads()
-    model_dir, model = random_model()
+    model_dir = random_model_dir()
     if args.capacity:
         capacity, source = args.capacity, "given"
     else:
-        capacity, source = ceiling.measure(model, 16, 30).evals_per_s_median, "raw ceiling"
+        capacity, source = raw_ceiling.evals_per_s_median(model_dir, 16, 30), "raw ceiling"
     result = run(model_dir, capacity, capacity_source=source, duration_s=args.duration, cap_s=args.cap)
     print(result.markdown())
 

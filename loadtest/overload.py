@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import ceiling, driver, report, throughput
+from loadtest import driver, raw_ceiling, report, throughput
 from loadtest.driver import Outcome, Tally
-from loadtest.machine import load_average, pin_threads, random_model
+from loadtest.machine import load_average, pin_threads, random_model_dir
 from loadtest.server import MetricsSnapshot, Server, ServerConfig
 
 MIX = throughput.MIX
@@ -204,11 +204,11 @@ def main() -> None:
     parser.add_argument("--saturation", type=float, help="req/s at saturation; default: from the raw ceiling")
     args = parser.parse_args()
     pin_threads()
-    model_dir, model = random_model()
+    model_dir = random_model_dir()
     if args.saturation:
         saturation, source = args.saturation, "given"
     else:
-        saturation = ceiling.measure(model, 16, 30).evals_per_s_median / throughput.MEAN_K
+        saturation = raw_ceiling.evals_per_s_median(model_dir, 16, 30) / throughput.MEAN_K
         source = "raw ceiling ÷ mean K"
     print(run(model_dir, saturation, saturation_source=source, duration_s=args.duration).markdown())
 

@@ -32,15 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from loadtest import driver, mixed_latency, report
-from loadtest.machine import describe, load_average, pin_threads, random_model
+from loadtest.machine import describe, load_average, pin_threads, random_model_dir
 from loadtest.server import Server, ServerConfig
-from loadtest.tritonserver import TritonProcess, missing_reason
-from service.backends.triton_repo import write_triton_model
+from service.triton_worker.launcher import TritonProcess, missing_reason
 
 SATURATION_MIX = {10: 1.0, 25: 1.0, 50: 1.0, 100: 1.0}
 MAX_BATCH = 16
 THROUGHPUT_BAR = 0.8
 MODEL = "fmnist-small"
+# The bundled model's Triton files (config.pbtxt, 1/model.py), as deployed; the bench sets its own parameters.
+DEPLOYED = Path(__file__).resolve().parents[1] / "model_store" / MODEL
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,14 @@ def triton_gateway(repo: Path, model_dir: Path, workdir: Path) -> Iterator[Serve
 
 
 def triton_repo(model_dir: Path, where: Path, *, run_to_completion: bool) -> Path:
-    """A one-model Triton repository holding a copy of model_dir with the benchmark's engine settings."""
+    """A one-model Triton repository holding a copy of model_dir with the benchmark's engine settings.
+
+    The Triton files are the deployed ones of model_store/fmnist-small (same folder name, so the same
+    Triton model name) with their `parameters` lines replaced: this harness speaks to Triton only through
+    its model repository, never through the service's own code."""
     repo = where / ("rtc" if run_to_completion else "continuous")
     shutil.copytree(model_dir, repo / MODEL)
+    shutil.copytree(DEPLOYED / "1", repo / MODEL / "1")
     parameters = {
         "max_batch": str(MAX_BATCH),
         "max_queue": "256",
@@ -81,7 +87,13 @@ def triton_repo(model_dir: Path, where: Path, *, run_to_completion: bool) -> Pat
         "warmup_iterations": "2",
         "run_to_completion": "true" if run_to_completion else "false",
     }
-    write_triton_model(repo / MODEL, parameters)
+    config = [
+        line
+        for line in (DEPLOYED / "config.pbtxt").read_text().splitlines()
+        if not line.startswith("parameters ")
+    ]
+    config += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in parameters.items()]
+    (repo / MODEL / "config.pbtxt").write_text("\n".join(config) + "\n")
     return repo
 
 
@@ -198,7 +210,7 @@ class TritonBenchResult:
 
 def run(*, warmup_s: float, window_s: float, mixed_duration_s: float, cap_s: float) -> TritonBenchResult:
     begin = time.perf_counter()
-    model_dir, _ = random_model()
+    model_dir = random_model_dir()
     work = Path(tempfile.mkdtemp(prefix="ddpm-triton-bench-"))
     repos = {rtc: triton_repo(model_dir, work, run_to_completion=rtc) for rtc in (False, True)}
     base = ServerConfig(model_dir, max_batch=MAX_BATCH)

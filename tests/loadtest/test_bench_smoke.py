@@ -1,7 +1,8 @@
-"""The benchmark driver against a real ddpm-serve on the tiny-test model: bookkeeping, not speed.
+"""The HTTP harness against a real ddpm-serve on the tiny-test model: bookkeeping, not speed.
 
 Every request must end with exactly one record, the counts must add up, and the server's own counters
-must agree with what the client saw. Nothing here asserts on timings.
+must agree with what the client saw. Nothing here asserts on timings. (The in-process halves of the
+benchmarks are smoke-tested in tests/bench/.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import driver
+from loadtest import driver, idle, raw_ceiling
 from loadtest.driver import Arrival, Outcome
 from loadtest.server import Server, ServerConfig
 
@@ -66,3 +67,24 @@ def test_percentile_marks_censored_lower_bounds() -> None:
     assert driver.percentile([*done, _outcome(10, 2.5, None, True)], 50) == driver.Percentile(5.0, True)
     # 429s and client errors have no latency to rank.
     assert driver.percentile([_outcome(0, 0.01, 429)], 50) is None
+
+
+@pytest.mark.slow
+def test_idle_calls_alongside_after_every_request(tiny_model_dir: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def alongside(i: int, label: int) -> int:
+        seen.append((i, label))
+        return 100 + i
+
+    result = idle.run(tiny_model_dir, alongside, repeats=2, steps=2)
+    assert seen == [(i, i % 10) for i in range(idle.WARMUP + 2)]  # warm-up runs too, in order
+    assert result.alongside == [100 + idle.WARMUP, 101 + idle.WARMUP]  # only the counted ones
+    assert len(result.http_s) == len(result.server_s) == 2
+    assert all(0 < inside <= client for inside, client in zip(result.server_s, result.http_s, strict=True))
+    assert "Idle single request over HTTP" in result.markdown()
+
+
+@pytest.mark.slow
+def test_raw_ceiling_comes_from_bench_in_a_child_process(tiny_model_dir: Path) -> None:
+    assert raw_ceiling.evals_per_s_median(tiny_model_dir, batch=2, calls=2) > 0

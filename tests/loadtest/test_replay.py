@@ -12,7 +12,8 @@ from PIL import Image
 
 from loadtest import driver, replay
 from loadtest.driver import Outcome
-from loadtest.replay import WorkloadError, parse_mix, read_trace, summarize, write_trace
+from loadtest.replay import WorkloadError, parse_mix, read_trace, write_trace
+from loadtest.replay_report import summarize
 from loadtest.server import Server, ServerConfig
 
 REPO = Path(__file__).resolve().parents[2]

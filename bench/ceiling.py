@@ -3,19 +3,28 @@
 N forward calls of the model's denoiser at one batch size, each row with its own timestep and label, in
 this process with nothing around it (no scheduler, no sampler step, no HTTP). Throughput is images x
 steps per second (one row of one call = one UNet evaluation).
+
+    python -m bench.ceiling --batch 1 16              # the random fmnist-small model, a line per batch
+    python -m bench.ceiling --model DIR --batch 16 --json
+
+`--json` prints one object per batch size (batch, calls, evals_per_s, evals_per_s_median,
+evals_per_cpu_s, median_call_s): what loadtest.raw_ceiling reads from a child process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from loadtest.machine import pin_threads, random_model
-from service.model.store import LoadedModel
+from bench.model import random_model
+from loadtest.machine import pin_threads
+from service.model.store import LoadedModel, load_model
 
 RESCALED_T = 1000.0  # with rescale_timesteps the network sees t in [0, 1000), as the engine feeds it
 
@@ -75,15 +84,32 @@ def measure(model: LoadedModel, batch: int, calls: int, warmup: int = 3, seed: i
     return Ceiling(batch, calls, sum(times), statistics.median(times), tuple(times), cpu)
 
 
+def summary(c: Ceiling) -> dict[str, float]:
+    """The readings of one run, as `--json` prints them."""
+    return {
+        "batch": c.batch,
+        "calls": c.calls,
+        "evals_per_s": c.evals_per_s,
+        "evals_per_s_median": c.evals_per_s_median,
+        "evals_per_cpu_s": c.evals_per_cpu_s,
+        "median_call_s": c.median_call_s,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Raw batched UNet throughput (random fmnist-small).")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--model", type=Path, help="a model folder; default: random fmnist-small")
+    parser.add_argument("--json", action="store_true", help="one JSON object per batch size on stdout")
     args = parser.parse_args()
     pin_threads()
-    _, model = random_model()
+    model = load_model(args.model) if args.model else random_model()[1]
     for batch in args.batch:
         c = measure(model, batch, args.calls)
+        if args.json:
+            print(json.dumps(summary(c)))
+            continue
         median_ms = c.median_call_s * 1000
         print(f"batch {batch}: {c.evals_per_s:.1f} images*steps/s ({median_ms:.1f} ms/call median)")
 

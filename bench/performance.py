@@ -1,10 +1,22 @@
 """Run every benchmark side by side on one random model and write docs/performance.md.
 
-    python -m loadtest.bench --out docs/performance.md
+    python -m bench.performance --out docs/performance.md
 
 Order: (a) throughput, whose measured ceiling and saturation rate size the later runs, (c) idle request,
-(b) mixed-K latency, (d) overload. Each part can also run alone: python -m loadtest.throughput |
-loadtest.idle | loadtest.mixed_latency | loadtest.overload | loadtest.ceiling (see --help).
+(b) mixed-K latency, (d) overload. Each part can also run alone: python -m bench.served_vs_ceiling |
+bench.idle_vs_bare | loadtest.mixed_latency | loadtest.overload | bench.ceiling (see --help).
+
+Why the orchestrator lives here and not in loadtest/: two bars divide an HTTP number by an in-process one
+measured side by side, interleaved with it ((a) served ÷ the raw ceiling timed just before and after the
+served run; (c) HTTP idle ÷ the bare loop, alternating request by request). Only a process that imports
+the engine can take the in-process half, so the combining happens in bench/, which calls loadtest's HTTP
+scenarios as a library (loadtest.throughput, loadtest.idle, loadtest.mixed_latency, loadtest.overload)
+and adds its own in-process halves. Imports point bench -> loadtest -> (HTTP only), never back: loadtest
+stays free of the engine and the backends, and the measurements stay in one process and one run, exactly
+as before (a child process per ceiling run would add start-up time and could not alternate with HTTP).
+The one way back is a command line, not an import: loadtest.mixed_latency and loadtest.overload, run
+alone without --capacity / --saturation, size their rates from `python -m bench.ceiling --json` in a
+child process (loadtest/raw_ceiling.py); here the rates come from (a) instead.
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from loadtest import gpu_section, idle, mixed_latency, overload, report, throughput
-from loadtest.machine import Machine, describe, pin_threads, random_model
+from bench import gpu_section, idle_vs_bare, served_vs_ceiling
+from bench.model import random_model
+from loadtest import mixed_latency, overload, report
+from loadtest.machine import Machine, describe, pin_threads
 
 T = TypeVar("T")
 
@@ -33,9 +47,9 @@ def _phase(name: str, timings: dict[str, float], fn: Callable[[], T]) -> T:
 
 
 def _summary(
-    a: throughput.ThroughputResult,
+    a: served_vs_ceiling.ThroughputResult,
     b: mixed_latency.MixedResult,
-    c: idle.IdleResult,
+    c: idle_vs_bare.IdleResult,
     d: overload.OverloadResult,
 ) -> str:
     def verdict(met: bool) -> str:
@@ -97,12 +111,12 @@ def _setup(machine: Machine, params: int, timings: dict[str, float]) -> str:
 RERUN = """## How to rerun
 
 ```
-.venv/bin/python -m loadtest.bench --out docs/performance.md      # everything, ~13 min on 2 cores
-.venv/bin/python -m loadtest.throughput --window 150               # (a) alone, prints its section
+.venv/bin/python -m bench.performance --out docs/performance.md    # everything, ~13 min on 2 cores
+.venv/bin/python -m bench.served_vs_ceiling --window 150            # (a) alone, prints its section
 .venv/bin/python -m loadtest.mixed_latency --duration 120 --cap 200 # (b) alone
-.venv/bin/python -m loadtest.idle --repeats 20                     # (c) alone
+.venv/bin/python -m bench.idle_vs_bare --repeats 20                 # (c) alone
 .venv/bin/python -m loadtest.overload --duration 60                # (d) alone
-.venv/bin/python -m loadtest.gpu_check --out gpu.md                # on a CUDA machine (see GPU)
+.venv/bin/python -m bench.gpu_check --out gpu.md                   # on a CUDA machine (see GPU)
 .venv/bin/python -m loadtest.triton_bench                        # gateway over Triton vs embedded
 .venv/bin/python -m loadtest.replay --base-url URL --out DIR      # any deployment, any K mix
 ```
@@ -128,8 +142,10 @@ def main() -> None:
     model_dir, model = random_model()
     params = sum(p.numel() for p in model.net.parameters())
     timings: dict[str, float] = {}
-    a = _phase("(a) throughput", timings, lambda: throughput.run(model_dir, model, window_s=args.window))
-    c = _phase("(c) idle", timings, lambda: idle.run(model_dir, model, repeats=args.repeats))
+    a = _phase(
+        "(a) throughput", timings, lambda: served_vs_ceiling.run(model_dir, model, window_s=args.window)
+    )
+    c = _phase("(c) idle", timings, lambda: idle_vs_bare.run(model_dir, model, repeats=args.repeats))
     b = _phase(
         "(b) mixed latency",
         timings,
@@ -145,7 +161,7 @@ def main() -> None:
     document = "\n\n".join(
         [
             "# Performance",
-            f"Written by `python -m loadtest.bench` on {when} (total benchmark run time "
+            f"Written by `python -m bench.performance` on {when} (total benchmark run time "
             f"{total / 60:.1f} min). Generated: rerun rather than edit.",
             _summary(a, b, c, d),
             _setup(machine, params, timings),

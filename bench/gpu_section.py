@@ -11,12 +11,12 @@ are NOT measured:
   (`imagenet64_cond_270M_250K`) at batch 64: the throughput ratio and the MFU of each configuration;
 - the no-NaN check of a full K=250 fp16 trajectory.
 
-`loadtest/gpu_check.py` does exactly that when run on a CUDA machine (on a CPU-only machine it exits
+`bench/gpu_check.py` does exactly that when run on a CUDA machine (on a CPU-only machine it exits
 with status 2 and "gpu_check needs CUDA"):
 
 ```
-.venv/bin/python -m loadtest.gpu_check --out gpu.md                # random weights, batch 64
-.venv/bin/python -m loadtest.gpu_check --model DIR --out gpu.md    # a converted checkpoint
+.venv/bin/python -m bench.gpu_check --out gpu.md                   # random weights, batch 64
+.venv/bin/python -m bench.gpu_check --model DIR --out gpu.md       # a converted checkpoint
 ```
 
 It builds two copies of the network (random weights, seed 0, unless `--model` is given), counts the FLOPs

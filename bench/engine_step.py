@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from loadtest.ceiling import RESCALED_T
+from bench.ceiling import RESCALED_T
 from service.engine.core import EngineCore
-from service.engine.request import make_rows
+from service.engine.generation import GenerationSpec
 from service.engine.settings import EngineSettings
 from service.model.store import LoadedModel
 
@@ -48,7 +48,8 @@ def measure(model: LoadedModel, batch: int, rounds: int = 8, per_round: int = 5)
     core = EngineCore(model, EngineSettings(max_batch=batch))  # fp32 eager on the CPU: shares the net safely
     core.start_executor()
     steps = model.manifest.diffusion.num_timesteps  # enough steps that no row finishes while measured
-    core.submit(make_rows("engine-step", model.name, 0 if model.manifest.num_classes else None, steps, batch))
+    label = 0 if model.manifest.num_classes else None
+    core.submit(GenerationSpec(model.name, label, steps, batch), "engine-step")
     generator = torch.Generator().manual_seed(0)
     m = model.manifest
     x = torch.randn((batch, m.image_channels, m.image_size, m.image_size), generator=generator)
@@ -62,7 +63,7 @@ def measure(model: LoadedModel, batch: int, rounds: int = 8, per_round: int = 5)
     for _ in range(rounds):
         raw += [_timed(lambda: model.denoiser(x, t, y)) for _ in range(per_round)]
         step += [_timed(core.step) for _ in range(per_round)]
-    assert core.scheduler.in_flight == batch, "a row finished or was dropped while being measured"
+    assert core.load().in_flight == batch, "a row finished or was dropped while being measured"
     return EngineStep(
         batch=batch,
         samples=len(raw),

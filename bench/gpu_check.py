@@ -1,7 +1,7 @@
 """GPU check: fp16 + torch.compile + CUDA graphs vs fp32 eager on the ImageNet-64 270M architecture.
 
-    python -m loadtest.gpu_check --out gpu.md            # random weights of imagenet64_cond_270M_250K
-    python -m loadtest.gpu_check --model DIR --out gpu.md  # a converted checkpoint (ddpm convert)
+    python -m bench.gpu_check --out gpu.md            # random weights of imagenet64_cond_270M_250K
+    python -m bench.gpu_check --model DIR --out gpu.md  # a converted checkpoint (ddpm convert)
 
 Needs CUDA: without it, it exits with status 2 and says so. On the card it
   1. counts the FLOPs of one forward at the batch size (torch.utils.flop_counter.FlopCounterMode),
@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from loadtest import report
 from service.engine.executor import Executor
-from service.engine.request import RowState, make_rows
+from service.engine.generation import GenerationSpec
+from service.engine.request import RowState
 from service.engine.scheduler import Scheduler
 from service.engine.settings import EngineSettings, Precision
 from service.engine.tables import StepTables
@@ -163,7 +164,8 @@ def trajectory(executor: Executor, model: LoadedModel, steps: int = TRAJECTORY_S
     classes = model.manifest.num_classes
     rows = []
     for i in range(images):
-        request = make_rows(f"traj-{i}", model.name, i % classes if classes else None, steps, seed=i)[0]
+        spec = GenerationSpec(model.name, i % classes if classes else None, steps, seed=i)
+        (request,) = spec.rows(f"traj-{i}")
         rows.append(RowState(request, executor.tables.get(steps).num_steps))
     scheduler = Scheduler(images, images)
     scheduler.add(rows)
