@@ -81,13 +81,13 @@ def _backend(settings: Settings, metrics: Metrics) -> Backend:
         precision=settings.precision,
         compile=settings.compile,
         warmup_iterations=settings.warmup_iterations,
+        threads=settings.torch_threads,
     )
     return make_backend(
         settings.backend,
         settings.resolved_model_dirs(),
         engine_settings=engine_settings,
         device=settings.device,
-        torch_threads=settings.torch_threads,
         triton_urls=settings.triton_urls,
         observer_for=metrics.observer_for,
     )

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     run_to_completion: bool = Field(default=False, description="benchmark baseline: no continuous batching")
     warmup_iterations: int = Field(default=2, ge=1)
     torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads; unset: torch's"
+        default=None,
+        ge=1,
+        description="intra-op threads of each CPU engine; unset: measured per batch size at warm-up",
     )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="how long shutdown waits for in-flight work"

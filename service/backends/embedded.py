@@ -14,8 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from service.backends.base import (
     BackendStartupError,
     EngineLoad,
@@ -47,7 +45,6 @@ class EmbeddedBackend:
         *,
         device: str = "auto",
         observer_for: ObserverFactory | None = None,
-        torch_threads: int | None = None,
     ) -> None:
         if not model_dirs:
             raise BackendStartupError("no model folder given")
@@ -55,7 +52,6 @@ class EmbeddedBackend:
         self.settings = settings
         self.device = device
         self.observer_for = observer_for
-        self.torch_threads = torch_threads
         self._pools: dict[str, EnginePool] = {}
         self._models: list[ModelInfo] = []
 
@@ -68,8 +64,6 @@ class EmbeddedBackend:
             pool.start()
 
     def _load_all(self) -> None:
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
         try:
             devices = serving_devices(self.device)
         except DeviceError as e:

@@ -22,7 +22,6 @@ def make_backend(
     *,
     engine_settings: EngineSettings,
     device: str = "auto",
-    torch_threads: int | None = None,
     triton_urls: Sequence[str] = (),
     observer_for: ObserverFactory | None = None,
 ) -> Backend:
@@ -32,6 +31,4 @@ def make_backend(
         return TritonBackend(triton_urls, model_dirs, observer_for=observer_for)
     from service.backends.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(
-        model_dirs, engine_settings, device=device, observer_for=observer_for, torch_threads=torch_threads
-    )
+    return EmbeddedBackend(model_dirs, engine_settings, device=device, observer_for=observer_for)

@@ -20,11 +20,12 @@ import torch
 from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
 from service.engine.buckets import BucketRunner, bucket_sizes
-from service.engine.compile import prepare_denoiser
+from service.engine.compile import compile_enabled, prepare_denoiser
 from service.engine.request import RowState
 from service.engine.settings import EngineSettings
 from service.engine.slots import SlotTable
 from service.engine.tables import StepTables
+from service.engine.threads import ThreadPolicy, ThreadSetter, tune
 from service.images import to_uint8
 from service.model.store import LoadedModel
 
@@ -59,15 +60,29 @@ class Executor:
         shape = (manifest.image_channels, manifest.image_size, manifest.image_size)
         self.slots = SlotTable(self.num_slots, shape, self.device)
         denoise = prepare_denoiser(model, settings, self.device, len(self.buckets), denoiser)
-        self.runner = BucketRunner(denoise, self.buckets, shape, self.device, settings.cuda_graphs)
+        exact = not compile_enabled(settings, self.device)
+        self.runner = BucketRunner(denoise, self.buckets, shape, self.device, settings.cuda_graphs, exact)
+        self.threads: ThreadSetter | None = None  # CPU only: chosen at warm-up
 
     def warm_up(self) -> float:
         """Run (compile, capture) every bucket once; returns the seconds it took."""
         start = time.perf_counter()
         self.runner.warm_up(self.settings.warmup_iterations)
+        if self.device.type == "cpu":
+            self.threads = ThreadSetter(self._thread_policy())
         seconds = time.perf_counter() - start
         log.info("executor on %s warmed up buckets %s in %.1f s", self.device, self.buckets, seconds)
         return seconds
+
+    @torch.no_grad()
+    def _thread_policy(self) -> ThreadPolicy:
+        if self.settings.threads is not None:
+            return ThreadPolicy.fixed(self.settings.threads, self.num_slots)
+        policy = tune(self.runner.probe, self.num_slots)
+        log.info(
+            "intra-op threads per batch size 1..%d on %s: %s", self.num_slots, self.device, policy.threads
+        )
+        return policy
 
     def admit(self, rows: Sequence[RowState]) -> None:
         for row in rows:
@@ -85,6 +100,8 @@ class Executor:
         index = torch.tensor([row.slot for row in rows], dtype=torch.long, device=self.device)
         x_t = self.slots.latents.index_select(0, index)
         c = self.slots.coefficients(rows, infos)
+        if self.threads is not None:
+            self.threads.before_call(len(rows))
         noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
         bucket, eps, v = self.runner(x_t, c.model_t, self.slots.labels(infos))
         out = mixed_step(

@@ -27,6 +27,9 @@ class EngineSettings:
     cuda_graphs: bool = True  # one CUDA graph per bucket (CUDA only)
     table_cache_size: int = 64  # coefficient tables kept for distinct step budgets
     warmup_iterations: int = 2  # eager calls per bucket before capture (compilation, cuDNN selection)
+    # Intra-op threads of the engine thread on the CPU. None: measured per batch size at warm-up
+    # (service.engine.threads); a number fixes it for every batch. Ignored on CUDA.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -34,6 +37,8 @@ class EngineSettings:
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         object.__setattr__(self, "precision", Precision(self.precision))
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.buckets is not None:
             if not self.buckets or min(self.buckets) < 1:
                 raise ValueError(f"buckets must be positive batch sizes, got {self.buckets}")

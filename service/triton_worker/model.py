@@ -59,17 +59,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         model_dir = Path(params.get("model_dir") or args["model_repository"])
-        threads = params.get("torch_threads") or os.environ.get("DDPM_TORCH_THREADS")
-        if threads:
-            torch.set_num_threads(int(threads))
         device = _device(args)
         self.drain_timeout = float(params.get("drain_timeout_s", "30"))
         # Metric labels use the manifest's name, as the gateway does (the Triton name is the folder's).
         observer = _observer(pb_utils, read_manifest(model_dir).name, str(device))
         model = load_model(model_dir, device=device)
-        self.engine = Engine(
-            model, engine_settings(params), device=device, observer=observer, name=str(device)
-        )
+        settings = engine_settings(params, os.environ.get("DDPM_TORCH_THREADS"))
+        self.engine = Engine(model, settings, device=device, observer=observer, name=str(device))
         self.model_name = self.engine.model_name
         self.engine.start()
         if not self.engine.wait_ready(WARMUP_TIMEOUT_SECONDS):
@@ -180,9 +176,12 @@ class _PendingRequest:
         )
 
 
-def engine_settings(params: dict[str, str]) -> EngineSettings:
-    """EngineSettings from config.pbtxt parameters (strings); absent ones keep their defaults."""
+def engine_settings(params: dict[str, str], threads: str | None = None) -> EngineSettings:
+    """EngineSettings from config.pbtxt parameters (strings); absent ones keep their defaults. The
+    engine's intra-op threads: the `torch_threads` parameter, else `threads` (DDPM_TORCH_THREADS)."""
     kwargs: dict[str, Any] = {}
+    if params.get("torch_threads") or threads:
+        kwargs["threads"] = int(params.get("torch_threads") or threads or 0)
     for key in ("max_batch", "max_queue", "warmup_iterations"):
         if params.get(key):
             kwargs[key] = int(params[key])

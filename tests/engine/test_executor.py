@@ -163,10 +163,21 @@ def test_padding_rows_do_not_change_real_rows(tiny_model: LoadedModel) -> None:
     assert torch.equal(clean[0][:3], dirty[0][:3])  # the network never mixes rows of a batch
 
     exact = make_executor(tiny_model, max_batch=3, buckets=(3,))
-    padded = make_executor(tiny_model, max_batch=8, buckets=(8,))
+    # Compiled (dynamo with its eager backend: cheap): shapes are fixed, so 3 rows run padded to 8.
+    padded = make_executor(tiny_model, max_batch=8, buckets=(8,), compile=True, compile_backend="eager")
     images = [run(ex, [row(tiny_model, ex.tables, 6, i, 7 + i) for i in range(3)]) for ex in (exact, padded)]
     for a, b in zip(*images, strict=True):
         assert max_diff(a, b) <= 1
+
+
+def test_eager_runs_exact_batches_and_fixed_shapes_run_buckets(tiny_model: LoadedModel) -> None:
+    for settings, expected in (({}, 9), ({"compile": True, "compile_backend": "eager"}, 16)):
+        executor = make_executor(tiny_model, max_batch=16, **settings)
+        rows = [row(tiny_model, executor.tables, 5, i % 10, 40 + i) for i in range(9)]
+        for i, r in enumerate(rows):
+            r.slot = i
+        executor.admit(rows)
+        assert executor.step(rows).bucket == expected
 
 
 def test_compiled_network_does_not_recompile_after_warm_up(tiny_model: LoadedModel) -> None:

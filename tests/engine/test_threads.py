@@ -1,0 +1,61 @@
+"""Threads per batch size: the tuner picks the fastest count for each size from its own measurements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from service.engine.threads import ThreadPolicy, ThreadSetter, tune
+
+
+@pytest.fixture(autouse=True)
+def keep_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeNetwork:
+    """A call costs what a small CPU measures: one thread wins at one row, two threads win from two."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, rows: int) -> None:
+        threads = torch.get_num_threads()
+        per_row = 0.010 if threads == 1 else 0.006
+        self.now += rows * per_row + (0.005 if threads > 1 else 0.0)  # a fork/join per call
+
+
+def test_the_tuner_picks_per_size_and_fills_the_sizes_between() -> None:
+    network = FakeNetwork()
+    policy = tune(network, 12, candidates=[1, 2], clock=network.clock)
+    # 1 row: 10 ms on one thread vs 11 ms on two; 2 rows: 20 vs 17: two threads from there on.
+    assert policy.threads == (1,) + (2,) * 11
+    assert {rows for rows, _, _ in policy.measured} == {1, 2, 4, 8, 12}
+    assert policy.for_rows(1) == 1 and policy.for_rows(3) == 2 and policy.for_rows(99) == 2
+
+
+def test_ties_go_to_fewer_threads_and_fixed_policies() -> None:
+    def run(rows: int) -> None:
+        pass
+
+    ticks = iter(range(10_000))
+    assert tune(run, 4, candidates=[1, 2], clock=lambda: float(next(ticks))).threads == (1, 1, 1, 1)
+    assert ThreadPolicy.fixed(3, 4).threads == (3, 3, 3, 3)
+
+
+def test_the_setter_changes_torch_only_when_the_count_changes() -> None:
+    setter = ThreadSetter(ThreadPolicy((1, 2, 2)))
+    setter.before_call(1)
+    assert torch.get_num_threads() == 1
+    setter.before_call(3)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)  # someone else changed it: the setter trusts its own record
+    setter.before_call(2)
+    assert torch.get_num_threads() == 1
