@@ -25,7 +25,7 @@ from service.engine.request import RowState
 from service.engine.settings import EngineSettings
 from service.engine.slots import SlotTable
 from service.engine.tables import StepTables
-from service.engine.threads import ThreadPolicy, ThreadSetter, tune
+from service.engine.threads import ThreadPolicy, ThreadSetter, machine_threads, tune
 from service.images import to_uint8
 from service.model.store import LoadedModel
 
@@ -69,7 +69,9 @@ class Executor:
         start = time.perf_counter()
         self.runner.warm_up(self.settings.warmup_iterations)
         if self.device.type == "cpu":
-            self.threads = ThreadSetter(self._thread_policy())
+            policy = self._thread_policy()
+            candidates = sorted(set(policy.threads)) if self.settings.threads else None
+            self.threads = ThreadSetter(policy, candidates or range(1, machine_threads() + 1))
         seconds = time.perf_counter() - start
         log.info("executor on %s warmed up buckets %s in %.1f s", self.device, self.buckets, seconds)
         return seconds
@@ -100,10 +102,12 @@ class Executor:
         index = torch.tensor([row.slot for row in rows], dtype=torch.long, device=self.device)
         x_t = self.slots.latents.index_select(0, index)
         c = self.slots.coefficients(rows, infos)
-        if self.threads is not None:
-            self.threads.before_call(len(rows))
+        threads = self.threads.before_call(len(rows)) if self.threads is not None else 0
         noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
+        start = time.perf_counter()
         bucket, eps, v = self.runner(x_t, c.model_t, self.slots.labels(infos))
+        if self.threads is not None:  # CPU: the call is synchronous, so this is the network's time
+            self.threads.after_call(len(rows), threads, time.perf_counter() - start)
         out = mixed_step(
             [info.sampler for info in infos],
             x_t,

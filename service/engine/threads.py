@@ -6,7 +6,8 @@ ops are too small to split, and a second thread costs a fork/join per op), while
 setting is best for both, and the crossover depends on the CPU, so it is measured at warm-up: each
 power-of-two batch size up to the largest is timed at every candidate count, and sizes in between take
 the choice of the next measured size up. The engine thread then sets its own count before each call
-(torch.set_num_threads is per calling thread under OpenMP and costs microseconds), only when it changes.
+(torch.set_num_threads is per calling thread under OpenMP and costs microseconds), only when it changes,
+and keeps measuring while it serves (ThreadSetter), since the machine's load can change after warm-up.
 """
 
 from __future__ import annotations
@@ -80,14 +81,57 @@ def tune(
 
 
 class ThreadSetter:
-    """Applies a policy on the engine thread, calling torch only when the count changes."""
+    """Applies a policy on the engine thread and keeps it honest while serving.
 
-    def __init__(self, policy: ThreadPolicy) -> None:
+    A warm-up measurement is only as good as the moment it was taken: taken while another process held a
+    core, it would keep one thread forever. So every call's network time is fed back (`after_call`), a
+    moving average of seconds per row is kept per (size class, thread count), seeded from the warm-up,
+    and one call in `explore_every` of a size class runs at the other candidate. The count used is the
+    one with the lowest average; a changed machine moves it within a few hundred calls.
+    """
+
+    def __init__(
+        self,
+        policy: ThreadPolicy,
+        candidates: Sequence[int] = (),
+        explore_every: int = 64,
+        alpha: float = 0.2,
+    ) -> None:
         self.policy = policy
+        self.candidates = sorted(set(candidates) or set(policy.threads))
+        self.explore_every = explore_every
+        self.alpha = alpha
+        self.per_row: dict[tuple[int, int], float] = {}  # (size class, threads) -> seconds per row
+        for rows, threads, seconds in policy.measured:
+            self.per_row[(_size_class(rows), threads)] = seconds / rows
+        self._calls: dict[int, int] = {}
         self._current = 0
 
-    def before_call(self, rows: int) -> None:
-        threads = self.policy.for_rows(rows)
+    def before_call(self, rows: int) -> int:
+        """Set the engine thread's count for a call of `rows` rows; returns the count used."""
+        threads = self.choose(rows)
         if threads != self._current:
             torch.set_num_threads(threads)
             self._current = threads
+        return threads
+
+    def after_call(self, rows: int, threads: int, seconds: float) -> None:
+        key = (_size_class(rows), threads)
+        sample = seconds / max(rows, 1)
+        old = self.per_row.get(key)
+        self.per_row[key] = sample if old is None else (1 - self.alpha) * old + self.alpha * sample
+
+    def choose(self, rows: int) -> int:
+        size = _size_class(rows)
+        known = {t: self.per_row[(size, t)] for t in self.candidates if (size, t) in self.per_row}
+        best = min(known, key=lambda t: (known[t], t)) if known else self.policy.for_rows(rows)
+        count = self._calls[size] = self._calls.get(size, 0) + 1
+        if len(self.candidates) > 1 and count % self.explore_every == 0:
+            others = [t for t in self.candidates if t != best]
+            return others[(count // self.explore_every - 1) % len(others)]
+        return best
+
+
+def _size_class(rows: int) -> int:
+    """The power of two at or above `rows`: calls of similar size share an estimate."""
+    return 1 << max(rows - 1, 0).bit_length()

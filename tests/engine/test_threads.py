@@ -59,3 +59,18 @@ def test_the_setter_changes_torch_only_when_the_count_changes() -> None:
     torch.set_num_threads(1)  # someone else changed it: the setter trusts its own record
     setter.before_call(2)
     assert torch.get_num_threads() == 1
+
+
+def test_serving_corrects_a_policy_measured_while_the_machine_was_busy() -> None:
+    # Warm-up ran while another process held a core: one thread looked best at 4 rows (20 vs 30 ms).
+    busy = ThreadPolicy((1, 1, 1, 1), measured=((4, 1, 0.020), (4, 2, 0.030)))
+    setter = ThreadSetter(busy, candidates=[1, 2], explore_every=8)
+    now = {1: 0.020, 2: 0.012}  # the other process has finished: two threads are faster now
+    used = []
+    for _ in range(200):
+        threads = setter.before_call(4)
+        used.append(threads)
+        setter.after_call(4, threads, now[threads])
+    assert used[0] == 1  # the warm-up's choice first
+    # It explored, saw the change and switched: from then on one thread runs only as exploration.
+    assert used[-50:].count(1) <= 50 // 8 + 1 and used[-50:].count(2) >= 50 - (50 // 8 + 1)
