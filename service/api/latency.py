@@ -29,7 +29,7 @@ class LatencyTracker:
         self.window = window
         self.weight = weight
         self._lock = threading.Lock()
-        self._step_seconds: dict[int, float] = {}  # batch bucket -> moving average of an iteration
+        self._step_seconds: dict[int, float] = {}  # batch size run -> moving average of an iteration
         self._queue_seconds: float | None = None
         self._latency: dict[str, deque[float]] = {}
 
@@ -46,16 +46,28 @@ class LatencyTracker:
             self._latency.setdefault(k_label, deque(maxlen=self.window)).append(seconds)
 
     def step_seconds(self, rows: int) -> float | None:
-        """Seconds per iteration with `rows` rows in flight: the average of the smallest measured bucket
-        that holds them (padding makes a bucket cost the same whatever its fill), else of the largest
-        measured one (rows beyond the largest bucket wait their turn; the queue wait covers that).
-        None before the first measured iteration."""
+        """Seconds per iteration with `rows` rows in flight, None before the first measured iteration.
+
+        Engines report the batch size they ran: a padded bucket (compiled, graphed) or the exact row
+        count (eager on the CPU), so the sizes measured so far may not include `rows`. Between two
+        measured sizes the time is interpolated linearly; above the largest it is scaled up by rows (an
+        iteration costs at most proportionally more, so this errs on the slow side, as a budget should);
+        below the smallest, the smallest's time is used (a smaller batch is not slower).
+        """
         with self._lock:
-            if not self._step_seconds:
-                return None
-            holding = [b for b in self._step_seconds if b >= rows]
-            bucket = min(holding) if holding else max(self._step_seconds)
-            return self._step_seconds[bucket]
+            measured = sorted(self._step_seconds.items())
+        if not measured:
+            return None
+        above = [(size, seconds) for size, seconds in measured if size >= rows]
+        below = [(size, seconds) for size, seconds in measured if size < rows]
+        if not above:
+            size, seconds = below[-1]
+            return seconds * rows / size
+        high_size, high = above[0]
+        if high_size == rows or not below:
+            return high
+        low_size, low = below[-1]
+        return low + (high - low) * (rows - low_size) / (high_size - low_size)
 
     def queue_wait(self) -> float:
         """Moving average of recent rows' wait for a slot (0 before any was admitted)."""

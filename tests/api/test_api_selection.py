@@ -66,7 +66,20 @@ def test_tracker_percentiles_and_moving_average() -> None:
     tracker.record_step(2, 1.0)
     tracker.record_step(2, 3.0)
     assert tracker.step_seconds(2) == 2.0
-    assert tracker.step_seconds(1) == 2.0 and tracker.step_seconds(8) == 2.0  # nearest measured bucket
+    assert tracker.step_seconds(1) == 2.0  # a smaller batch is not slower
+
+
+def test_step_time_between_and_beyond_the_measured_batch_sizes() -> None:
+    """Eager CPU engines report exact row counts, so a request may join a size not measured yet."""
+    tracker = LatencyTracker()
+    tracker.record_step(1, 0.010)
+    tracker.record_step(4, 0.030)
+    assert tracker.step_seconds(4) == pytest.approx(0.030)
+    assert tracker.step_seconds(2) == pytest.approx(0.010 + 0.020 / 3)  # linear between 1 and 4
+    assert tracker.step_seconds(8) == pytest.approx(0.060)  # beyond: scaled by rows, the slow side
+    idle = EngineLoad("m", "cpu", queue_depth=0, in_flight=0, free_slots=16)
+    # Four images on an idle engine run as a batch of four, not at the one-row step time.
+    assert LatencyPredictor(tracker, idle, 4)(TABLE[1]) == pytest.approx(50 * 0.030)
 
 
 def test_k_labels_are_bounded() -> None:
