@@ -126,12 +126,6 @@ class Engine:
     def generate(self, spec: GenerationSpec, timeout: float | None = None) -> GenerationResult:
         """Blocking convenience (CLI, benchmarks, tests): submit and wait for the collated result.
         Raises the engine error that ended the generation, or TimeoutError."""
-        return self.generate_rows(spec, timeout)[0]
-
-    def generate_rows(
-        self, spec: GenerationSpec, timeout: float | None = None
-    ) -> tuple[GenerationResult, list[RowResult]]:
-        """`generate`, also returning each row's own result (timings, status), in image order."""
         collation = Collation(spec)
         done = threading.Event()
         answer: list[GenerationResult | Exception] = []
@@ -149,8 +143,7 @@ class Engine:
             raise TimeoutError(f"no result within {timeout} s")
         if isinstance(answer[0], Exception):
             raise answer[0]
-        rows = [collation.results[i] for i in range(spec.num_images)]
-        return answer[0], rows
+        return answer[0]
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Refuse new requests; with `drain`, finish queued and in-flight rows first (up to `timeout`)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -108,9 +108,6 @@ class GenerationSpec:
             )
             for i in range(self.num_images)
         ]
-
-    def with_steps(self, steps: int | str) -> GenerationSpec:
-        return replace(self, steps=steps)
 
 
 @dataclass(frozen=True)
