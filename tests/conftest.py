@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from service.model.presets import get_preset
 from service.model.store import LoadedModel, load_model, random_model_dir
+
+# Servers started by the tests (in process or as child processes inheriting this environment) serve eager:
+# the server's default compiles in the background on the CPU, minutes of CPU time per server on these
+# machines. The tests of compilation itself ask for it explicitly.
+os.environ.setdefault("DDPM_COMPILE", "false")
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,7 @@ def _backend(settings: Settings, metrics: Metrics) -> Backend:
         run_to_completion=settings.run_to_completion,
         precision=settings.precision,
         compile=settings.compile,
+        compile_cache_dir=None if settings.compile_cache_dir is None else str(settings.compile_cache_dir),
         warmup_iterations=settings.warmup_iterations,
         threads=settings.torch_threads,
     )

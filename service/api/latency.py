@@ -14,6 +14,14 @@ from dataclasses import dataclass
 
 EWMA_WEIGHT = 0.2  # weight of the newest sample: follows a load change within ~10 iterations
 LATENCY_WINDOW = 512  # recent images per K label the percentiles are taken over
+# How far off the step-time model has been: the ratio (whole request, as the server handled it) ÷
+# (its prediction), over recent requests. A budget is a promise kept for ~95 % of requests, so the
+# prediction is scaled by the 95th percentile of these ratios; before MIN_OUTCOMES requests have
+# finished, by DEFAULT_MARGIN.
+OUTCOME_WINDOW = 128
+MIN_OUTCOMES = 8
+MARGIN_QUANTILE = 0.95
+DEFAULT_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class LatencyTracker:
         self._step_seconds: dict[int, float] = {}  # batch size run -> moving average of an iteration
         self._queue_seconds: float | None = None
         self._latency: dict[str, deque[float]] = {}
+        self._ratios: deque[float] = deque(maxlen=OUTCOME_WINDOW)
 
     def record_step(self, bucket: int, seconds: float) -> None:
         with self._lock:
@@ -44,6 +53,25 @@ class LatencyTracker:
     def record_latency(self, k_label: str, seconds: float) -> None:
         with self._lock:
             self._latency.setdefault(k_label, deque(maxlen=self.window)).append(seconds)
+
+    def record_outcome(self, predicted_seconds: float, actual_seconds: float) -> None:
+        """A request's unscaled prediction next to what it took (received -> response ready)."""
+        if predicted_seconds > 0:
+            with self._lock:
+                self._ratios.append(actual_seconds / predicted_seconds)
+
+    def margin(self) -> float:
+        """The factor predictions are scaled by: a high percentile of actual ÷ predicted, at least 1.
+
+        Why learned rather than fixed: what the step-time model leaves out (the first iteration after an
+        idle spell, PNG encoding and HTTP, rows that join mid-request, compiled sizes swapping in) differs
+        by machine and load; measured here, it stays right when any of those change.
+        """
+        with self._lock:
+            ratios = sorted(self._ratios)
+        if len(ratios) < MIN_OUTCOMES:
+            return DEFAULT_MARGIN
+        return max(1.0, ratios[max(0, math.ceil(MARGIN_QUANTILE * len(ratios)) - 1)])
 
     def step_seconds(self, rows: int) -> float | None:
         """Seconds per iteration with `rows` rows in flight, None before the first measured iteration.

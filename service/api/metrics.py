@@ -118,6 +118,18 @@ class Metrics:
         self.warmup = Gauge(
             "ddpm_warmup_seconds", "Duration of the last warm-up", ["model", "engine"], registry=r
         )
+        self.compiled_sizes = Gauge(
+            "ddpm_compiled_batch_sizes",
+            "Batch sizes compiled in the background so far (CPU; each serves compiled once built)",
+            ["model", "engine"],
+            registry=r,
+        )
+        self.compile_seconds = Counter(
+            "ddpm_compile_seconds_total",
+            "Seconds spent compiling batch sizes in the background (CPU)",
+            ["model", "engine"],
+            registry=r,
+        )
         self._quality = {
             attr: Gauge(name, doc, ["model", "sampler", "k"], registry=r)
             for attr, name, doc in (
@@ -172,6 +184,10 @@ class MetricsObserver(NullObserver):
 
     def on_ready(self, engine: str, warmup_seconds: float) -> None:
         self.m.warmup.labels(self.model, engine).set(warmup_seconds)
+
+    def on_compiled(self, engine: str, batch_size: int, seconds: float) -> None:
+        self.m.compiled_sizes.labels(self.model, engine).inc()
+        self.m.compile_seconds.labels(self.model, engine).inc(seconds)
 
     def on_step(self, engine: str, active_rows: int, bucket: int, seconds: float) -> None:
         labels = (self.model, engine)

@@ -33,6 +33,9 @@ class Plan:
     choice: StepChoice
     seed_chosen_by_server: bool
     quality: TradeoffPoint | None  # calibrated quality at the chosen K, if measured
+    # The step-time model's prediction for the chosen K (no margin), compared with what the request took
+    # to learn the margin latency budgets are scaled by; None before the model has measured a step.
+    predicted_seconds: float | None = None
 
     @property
     def steps(self) -> int:
@@ -50,7 +53,10 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
     timeout_ms = body.timeout_ms or settings.default_timeout_ms
     if timeout_ms > settings.max_timeout_ms:
         raise invalid("timeout_ms", f"timeout_ms must be at most {settings.max_timeout_ms}, got {timeout_ms}")
-    choice = choose_steps(body, info, context)
+    predictor = LatencyPredictor(
+        context.metrics.tracker(info.name), least_loaded(context.backend.loads(), info.name), body.num_images
+    )
+    choice = choose_steps(body, info, context, predictor)
     seed = body.seed if body.seed is not None else secrets.randbits(SERVER_SEED_BITS)
     spec = GenerationSpec(
         model=info.name,
@@ -63,7 +69,7 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         timeout_seconds=timeout_ms / 1000,
     )
     quality = point_at(info, body.sampler, choice.steps)
-    return Plan(info, spec, choice, body.seed is None, quality)
+    return Plan(info, spec, choice, body.seed is None, quality, predictor.base(choice.steps))
 
 
 def find_model(context: AppContext, name: str | None, field: str = "model") -> ModelInfo:
@@ -74,14 +80,14 @@ def find_model(context: AppContext, name: str | None, field: str = "model") -> M
     return context.models[name]
 
 
-def choose_steps(body: GenerateRequest, info: ModelInfo, context: AppContext) -> StepChoice:
+def choose_steps(
+    body: GenerateRequest, info: ModelInfo, context: AppContext, predict: LatencyPredictor
+) -> StepChoice:
     if body.steps is not None:
         return StepChoice(body.steps, "steps")  # K <= T is checked by the engine with the model
     if body.max_fid is not None:
         return choose_for_fid(require_calibrated(info, body.sampler, "max_fid"), body.max_fid)
     if body.latency_budget_ms is not None:
         points = require_calibrated(info, body.sampler, "latency_budget_ms")
-        load = least_loaded(context.backend.loads(), info.name)
-        predict = LatencyPredictor(context.metrics.tracker(info.name), load, body.num_images)
         return choose_for_latency(points, body.latency_budget_ms / 1000, predict)
     return StepChoice(min(context.settings.default_steps, info.num_timesteps), "default")

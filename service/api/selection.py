@@ -13,6 +13,8 @@ Rules (shown to users in the OpenAPI docs and in errors):
   in-flight and queued rows plus its own), and the queue wait is zero when free slots hold the request,
   else the moving average of recent rows' waits. Before any live iteration has been measured it falls
   back to the table's seconds_per_image x num_images (batched calibration throughput: optimistic).
+  The prediction is then scaled by a learned margin: the 95th percentile of (what recent requests took
+  in the server, encoding included) ÷ (this model's prediction for them), at least 1 (latency.py).
 - A target no candidate meets answers 422 `target_unreachable` naming the field and the closest K.
 """
 
@@ -110,11 +112,19 @@ class LatencyPredictor:
             self.queue_wait = 0.0 if fits_now else tracker.queue_wait()
             rows = min(slots, load.in_flight + load.queue_depth + num_images)
         self.step_seconds = tracker.step_seconds(rows)
+        self.margin = tracker.margin()
+
+    def base(self, steps: int) -> float | None:
+        """The step-time model alone (what outcomes are compared with); None before any measurement."""
+        if self.step_seconds is None:
+            return None
+        return self.queue_wait + steps * self.step_seconds
 
     def __call__(self, point: TradeoffPoint) -> float:
-        if self.step_seconds is None:
-            return self.queue_wait + point.seconds_per_image * self.num_images
-        return self.queue_wait + point.steps * self.step_seconds
+        base = self.base(point.steps)
+        if base is None:
+            return (self.queue_wait + point.seconds_per_image * self.num_images) * self.margin
+        return base * self.margin
 
 
 def least_loaded(loads: list[EngineLoad], model: str) -> EngineLoad | None:

@@ -53,8 +53,15 @@ class Settings(BaseSettings):
     default_steps: int = Field(default=50, ge=1, description="K when a request gives no steps/budget/target")
     default_timeout_ms: int = Field(default=120_000, gt=0, description="deadline when a request gives none")
     max_timeout_ms: int = Field(default=600_000, gt=0, description="the longest timeout_ms a request may ask")
-    compile: bool | None = Field(
-        default=None, description="torch.compile per bucket; unset: on for CUDA only"
+    compile: bool = Field(
+        default=True,
+        description="torch.compile the network: on CUDA at warm-up; on the CPU in the background while "
+        "serving eager, each batch size swapped in once compiled and checked against eager",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="where CPU compiled networks are kept between restarts; unset: a per-user folder "
+        "in the temporary directory",
     )
     precision: Precision = Precision.AUTO
     run_to_completion: bool = Field(default=False, description="benchmark baseline: no continuous batching")

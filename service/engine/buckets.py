@@ -8,16 +8,26 @@ are copied into the first n rows of static input buffers and the batch is padded
 >= n; the padding rows hold zeros (x = 0, t = 0, label 0), are never read back, and cannot change the real
 rows because every layer of the UNet is per-sample (GroupNorm, attention and the embeddings never mix
 rows of a batch). The cost is the padded rows' compute, at most just under half of a power-of-two bucket.
+
+On the CPU, compilation happens in the background (background_compile.py) at the dense sizes of
+`dense_bucket_sizes`, which bound padding to MAX_PADDING of a call: there each size costs a compile of
+its own (about a minute on 2 cores with a cold cache), and a call's time grows with its rows, so sizes
+every 1/8 cost 12 compiles for max_batch 16 (16 for every size; 5 for powers of two, which waste up to
+44 % at 9 rows: 53 ms compiled at 16 against 34 ms at 9, measured).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 
 import torch
 
 from service.diffusion.sampling import Denoiser
+from service.engine.background_compile import BackgroundCompiler
+
+MAX_PADDING = 1 / 8  # the largest share of a compiled CPU call that may be padding rows
 
 
 def bucket_sizes(max_batch: int, buckets: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -30,6 +40,22 @@ def bucket_sizes(max_batch: int, buckets: Sequence[int] | None = None) -> tuple[
         sizes.add(size)
         size *= 2
     return tuple(sorted(sizes))
+
+
+def dense_bucket_sizes(max_batch: int, max_padding: float = MAX_PADDING) -> tuple[int, ...]:
+    """Sizes 1..max_batch such that n rows padded to the next size waste at most max_padding of it.
+
+    After size b the next is the largest b' with (b' - (b + 1)) / b' <= max_padding, i.e.
+    b' = floor((b + 1) / (1 - max_padding)), and at least b + 1.
+    """
+    if not 0 <= max_padding < 1:
+        raise ValueError(f"max_padding must be in [0, 1), got {max_padding}")
+    sizes = []
+    size = 1
+    while size < max_batch:
+        sizes.append(size)
+        size = max(size + 1, math.floor((size + 1) / (1 - max_padding) + 1e-9))
+    return (*sizes, max_batch)
 
 
 def pick_bucket(buckets: Sequence[int], rows: int) -> int:
@@ -51,6 +77,7 @@ class BucketRunner:
         device: torch.device,
         cuda_graphs: bool = False,
         exact: bool = False,
+        background: BackgroundCompiler | None = None,
     ) -> None:
         self.denoise = denoise
         self.buckets = tuple(sorted(buckets))
@@ -59,6 +86,8 @@ class BucketRunner:
         # Exact: nothing needs a fixed shape (eager, no graphs), so n rows run as a batch of n; padding
         # would only cost compute (a batch of 9 padded to 16 takes 1.7x as long on the CPU).
         self.exact = exact and not self.cuda_graphs
+        # Exact runs only: sizes compiled in the background take over as they become ready.
+        self.background = background if self.exact else None
         largest = self.buckets[-1]
         # Static inputs sliced per bucket: a graph records their addresses, so they are never reallocated.
         self._x = torch.zeros((largest, *shape), dtype=torch.float32, device=device)
@@ -115,17 +144,16 @@ class BucketRunner:
         n = x_t.shape[0]
         if self.exact:
             pick_bucket(self.buckets, n)  # still refuses more rows than the largest bucket
-            eps, v = self.denoise(x_t, model_t, y)
-            return n, eps, v
+            size = self._compiled_size(n)
+            if size is None:
+                eps, v = self.denoise(x_t, model_t, y)
+                return n, eps, v
+            assert self.background is not None
+            self._fill(x_t, model_t, y, size)
+            eps, v = self.background.runners[size](self._x[:size], self._t[:size], self._y[:size])
+            return size, eps[:n], None if v is None else v[:n]
         bucket = pick_bucket(self.buckets, n)
-        self._x[:n].copy_(x_t)
-        self._t[:n].copy_(model_t)
-        if y is not None:
-            self._y[:n].copy_(y)
-        if bucket > n:
-            self._x[n:bucket].zero_()
-            self._t[n:bucket].zero_()
-            self._y[n:bucket].zero_()
+        self._fill(x_t, model_t, y, bucket)
         graph = self._graphs.get(bucket)
         if graph is None:
             eps, v = self._eager(bucket)
@@ -135,3 +163,22 @@ class BucketRunner:
         # Cloned: the next replay overwrites the static outputs.
         eps_n = self._eps[:n].clone()
         return bucket, eps_n, None if self._v is None else self._v[:n].clone()
+
+    def _compiled_size(self, rows: int) -> int | None:
+        """The compiled size `rows` pads to, if that size is ready; None: run eager at exactly `rows`."""
+        if self.background is None or not self.background.ready:
+            return None
+        size = pick_bucket(self.background.sizes_ascending, rows)
+        return size if size in self.background.ready else None
+
+    def _fill(self, x_t: torch.Tensor, model_t: torch.Tensor, y: torch.Tensor | None, bucket: int) -> None:
+        """The rows into the static inputs, zeros in the padding rows up to `bucket`."""
+        n = x_t.shape[0]
+        self._x[:n].copy_(x_t)
+        self._t[:n].copy_(model_t)
+        if y is not None:
+            self._y[:n].copy_(y)
+        if bucket > n:
+            self._x[n:bucket].zero_()
+            self._t[n:bucket].zero_()
+            self._y[n:bucket].zero_()

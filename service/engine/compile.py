@@ -4,6 +4,11 @@ fp16 on CUDA converts only the UNet torso (net.convert_torso_to, the reference's
 timestep embedding, normalisation and output head stay float32, and EpsVDenoiser hands float32 (eps, v)
 to the diffusion math, so the variance interpolation and x0 prediction run in float32 as in the reference.
 On the CPU, fp16 convolutions are slow or missing; bf16 is offered instead.
+
+When compilation happens: on CUDA at warm-up, before the engine turns ready (the CUDA graphs are captured
+from the compiled network, and a GPU compiles quickly); on the CPU in the background while the engine
+already serves eager (background_compile.py, packages.py), because there it takes about a minute per
+batch size and, in process, would hold the GIL the engine thread needs.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ def compile_enabled(settings: EngineSettings, device: torch.device) -> bool:
     return device.type == "cuda" if settings.compile is None else settings.compile
 
 
+def compiles_in_background(settings: EngineSettings, device: torch.device) -> bool:
+    """Compiled, but after warm-up and off the engine thread: the CPU (see the module docstring)."""
+    return compile_enabled(settings, device) and device.type == "cpu" and settings.compile_in_background
+
+
+def compiles_at_warm_up(settings: EngineSettings, device: torch.device) -> bool:
+    return compile_enabled(settings, device) and not compiles_in_background(settings, device)
+
+
 def prepare_denoiser(
     model: LoadedModel,
     settings: EngineSettings,
@@ -41,7 +55,8 @@ def prepare_denoiser(
     num_buckets: int,
     denoiser: Denoiser | None = None,
 ) -> Denoiser:
-    """The callable the executor runs: the model's torso cast to its precision, compiled if asked.
+    """The callable the executor runs at warm-up: the model's torso cast to its precision, and wrapped
+    in torch.compile when compiling at warm-up (CUDA; the compile happens at each bucket's first call).
 
     Casting mutates `model.net`: a pool loads one model per device, so engines never share a network.
     """
@@ -53,7 +68,7 @@ def prepare_denoiser(
             raise ValueError(f"{type(net).__name__} cannot run its torso in {dtype}")
         convert(dtype)
     denoise: Denoiser = denoiser if denoiser is not None else model.denoiser
-    if not compile_enabled(settings, device):
+    if not compiles_at_warm_up(settings, device):
         return denoise
     _allow_one_graph_per_bucket(num_buckets)
     # dynamic=False: one graph specialised per bucket shape, so nothing recompiles once every bucket has
@@ -64,14 +79,18 @@ def prepare_denoiser(
     compiled = torch.compile(
         target, dynamic=False, backend=settings.compile_backend, mode=settings.compile_mode
     )
-    log.info("network compiled (backend %s, %d buckets)", settings.compile_backend, num_buckets)
+    log.info("network compiled at warm-up (backend %s, %d buckets)", settings.compile_backend, num_buckets)
     return compiled
 
 
 def _allow_one_graph_per_bucket(num_buckets: int) -> None:
     """Dynamo keeps at most `recompile_limit` graphs per function and falls back to eager beyond it;
-    each bucket is one graph, so the limit must exceed the number of buckets."""
+    each bucket is one graph, and the limit is per code object, which every engine of the process shares
+    (one denoiser class): room for a few models' buckets."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    if getattr(config, name) < num_buckets + 2:
-        setattr(config, name, num_buckets + 2)
+    wanted = 4 * (num_buckets + 2)
+    if getattr(config, name) < wanted:
+        setattr(config, name, wanted)
+    if getattr(config, "accumulated_recompile_limit", wanted) < wanted:
+        config.accumulated_recompile_limit = wanted

@@ -146,13 +146,24 @@ class EngineCore:
 
     def start_executor(self) -> None:
         """Build the executor and warm up every bucket; readiness turns true only after that."""
-        executor = Executor(self.model, self.settings, self.tables, self.device, self._denoiser)
+        executor = Executor(
+            self.model, self.settings, self.tables, self.device, self._denoiser, self._on_compiled
+        )
         seconds = executor.warm_up()
         self.executor = executor
         self.warm_ups += 1
         if self.refusal is None:  # not while stopping: a draining engine must not turn ready again
             self._ready.set()
         _call(self.observer.on_ready, self.name, seconds)
+
+    def _on_compiled(self, size: int, seconds: float) -> None:
+        # On the compile thread (see EngineObserver.on_compiled).
+        _call(self.observer.on_compiled, self.name, size, seconds)
+
+    def close_executor(self) -> None:
+        """The loop ended: stop background work the executor started."""
+        if self.executor is not None:
+            self.executor.close()
 
     def step(self) -> None:
         """One iteration: drop expired / cancelled rows, admit, advance every in-flight row one step."""
@@ -218,6 +229,7 @@ class EngineCore:
         for row in rows:
             self._end(row, error=_lost(row, self.name, cause))
         _call(self.observer.on_executor_restart, self.name, cause)
+        self.close_executor()
         self.executor = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -120,6 +120,23 @@ class Engine:
     def load(self) -> Load:
         return self._core.load()
 
+    def compiled_sizes(self) -> frozenset[int]:
+        """Batch sizes served compiled so far (CPU: compiled in the background after warm-up)."""
+        executor = self._core.executor
+        if executor is None:
+            return frozenset()
+        if executor.compiler is None:
+            return frozenset(executor.buckets) if executor.runner.exact is False else frozenset()
+        return executor.compiler.ready
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Block until background compilation has ended (every size, or given up); True if it has
+        ended or there is none. Benchmarks call it to measure the steady state."""
+        executor = self._core.executor
+        if executor is None or executor.compiler is None:
+            return True
+        return executor.compiler.wait(timeout)
+
     def memory_bytes(self) -> int:
         return memory_bytes(self.device)
 
@@ -179,6 +196,8 @@ class Engine:
             log.exception("engine %s loop crashed", self.name)
             core.die(f"the engine on {self.name} crashed: {type(e).__name__}: {e}")
             return
+        finally:
+            core.close_executor()
         if self._stop == "abort":
             core.evict_all(EngineShuttingDown, "the engine stopped before this request finished")
 

@@ -9,18 +9,23 @@ step come back as uint8 images.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
-from service.engine.buckets import BucketRunner, bucket_sizes
-from service.engine.compile import compile_enabled, prepare_denoiser
+from service.engine.background_compile import BackgroundCompiler, OnCompiled
+from service.engine.buckets import BucketRunner, bucket_sizes, dense_bucket_sizes
+from service.engine.compile import compiles_at_warm_up, compiles_in_background, prepare_denoiser
+from service.engine.packages import PackageBuilder, PackageSpec
 from service.engine.request import RowState
 from service.engine.settings import EngineSettings
 from service.engine.slots import SlotTable
@@ -49,6 +54,7 @@ class Executor:
         tables: StepTables,
         device: torch.device | str | None = None,
         denoiser: Denoiser | None = None,
+        on_compiled: OnCompiled | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else next(model.net.parameters()).device
         manifest = model.manifest
@@ -60,21 +66,68 @@ class Executor:
         shape = (manifest.image_channels, manifest.image_size, manifest.image_size)
         self.slots = SlotTable(self.num_slots, shape, self.device)
         denoise = prepare_denoiser(model, settings, self.device, len(self.buckets), denoiser)
-        exact = not compile_enabled(settings, self.device)
-        self.runner = BucketRunner(denoise, self.buckets, shape, self.device, settings.cuda_graphs, exact)
+        self.compiler: BackgroundCompiler | None = None
+        if compiles_in_background(settings, self.device):
+            if denoiser is None:
+                threads = settings.threads or machine_threads()
+                spec = PackageSpec(model.path, settings.precision.value, threads)
+                packages = PackageBuilder(model, spec, compile_cache_dir(settings))
+                self.compiler = BackgroundCompiler(
+                    denoise,
+                    packages,
+                    compile_order(settings.buckets or dense_bucket_sizes(self.num_slots)),
+                    self._random_inputs,
+                    on_compiled,
+                )
+            else:  # a packaged network would run the model's own network, not this wrapper
+                log.info("a custom denoiser is served eager: only the model's own network is compiled")
+        # Exact (no padding) unless the network needs fixed shapes now: compiled at warm-up, or graphed.
+        self.runner = BucketRunner(
+            denoise,
+            self.buckets,
+            shape,
+            self.device,
+            settings.cuda_graphs,
+            exact=not compiles_at_warm_up(settings, self.device),
+            background=self.compiler,
+        )
+        self._num_classes = manifest.num_classes
+        self._num_timesteps = manifest.diffusion.num_timesteps
+        self._shape = shape
+        self._compiled_seen: frozenset[int] = frozenset()
         self.threads: ThreadSetter | None = None  # CPU only: chosen at warm-up
 
     def warm_up(self) -> float:
         """Run (compile, capture) every bucket once; returns the seconds it took."""
         start = time.perf_counter()
         self.runner.warm_up(self.settings.warmup_iterations)
+        if self.compiler is not None:
+            # Before ready, and before threads are chosen: built sizes serve compiled from the first
+            # request and are the ones timed.
+            self.compiler.load_cached()
+            self._compiled_seen = self.compiler.ready
         if self.device.type == "cpu":
             policy = self._thread_policy()
             candidates = sorted(set(policy.threads)) if self.settings.threads else None
             self.threads = ThreadSetter(policy, candidates or range(1, machine_threads() + 1))
+        if self.compiler is not None:
+            self.compiler.start()  # the sizes not built yet
         seconds = time.perf_counter() - start
         log.info("executor on %s warmed up buckets %s in %.1f s", self.device, self.buckets, seconds)
         return seconds
+
+    def close(self) -> None:
+        """Stop compiling in the background (a compile under way finishes on its own daemon thread)."""
+        if self.compiler is not None:
+            self.compiler.stop()
+
+    def _random_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Inputs for compiling and checking a batch size: seeded, so a failed check can be replayed."""
+        generator = torch.Generator().manual_seed(rows)
+        x_t = torch.randn((rows, *self._shape), generator=generator)
+        model_t = torch.rand((rows,), generator=generator) * self._num_timesteps
+        y = torch.randint(0, self._num_classes or 1, (rows,), generator=generator)
+        return x_t.to(self.device), model_t.to(self.device), y.to(self.device)
 
     @torch.no_grad()
     def _thread_policy(self) -> ThreadPolicy:
@@ -85,6 +138,14 @@ class Executor:
             "intra-op threads per batch size 1..%d on %s: %s", self.num_slots, self.device, policy.threads
         )
         return policy
+
+    def _swapped_in(self, sizes: frozenset[int]) -> None:
+        """Sizes now served compiled: their thread timings were taken eager, so they are measured again."""
+        assert self.compiler is not None
+        self._compiled_seen = self.compiler.ready
+        if self.threads is not None:
+            for size in sizes:
+                self.threads.forget(size)
 
     def admit(self, rows: Sequence[RowState]) -> None:
         for row in rows:
@@ -102,6 +163,8 @@ class Executor:
         index = torch.tensor([row.slot for row in rows], dtype=torch.long, device=self.device)
         x_t = self.slots.latents.index_select(0, index)
         c = self.slots.coefficients(rows, infos)
+        if self.compiler is not None and self.compiler.ready is not self._compiled_seen:
+            self._swapped_in(self.compiler.ready - self._compiled_seen)
         threads = self.threads.before_call(len(rows)) if self.threads is not None else 0
         noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
         start = time.perf_counter()
@@ -137,6 +200,22 @@ class Executor:
             images = to_uint8(x_next[torch.tensor(done, device=self.device)])
             outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done)]
         return outcome
+
+
+def compile_cache_dir(settings: EngineSettings) -> Path:
+    """Where compiled packages are kept: the configured folder, else one per user under the system's
+    temporary folder (kept across restarts of the server, not across reboots)."""
+    if settings.compile_cache_dir is not None:
+        return Path(settings.compile_cache_dir)
+    return Path(tempfile.gettempdir()) / f"ddpm-serve-compiled-{getpass.getuser()}"
+
+
+def compile_order(sizes: Sequence[int]) -> tuple[int, ...]:
+    """The largest size first (a saturated server runs it almost always), then one row (an idle server's
+    requests), then the rest from large to small (a larger size saves more per call)."""
+    ordered = sorted(set(sizes), reverse=True)
+    first = [ordered[0], *([1] if 1 in ordered[1:] else [])]
+    return (*first, *(size for size in ordered if size not in first))
 
 
 def finite_rows(*tensors: torch.Tensor | None) -> torch.Tensor:

@@ -19,6 +19,11 @@ class EngineObserver(Protocol):
         """The executor warmed up every bucket (at start and after each restart)."""
         ...
 
+    def on_compiled(self, engine: str, batch_size: int, seconds: float) -> None:
+        """A batch size now runs compiled (CPU: compiled in the background after warm-up). Called on the
+        compile thread, not the engine thread: keep it thread-safe."""
+        ...
+
     def on_step(self, engine: str, active_rows: int, bucket: int, seconds: float) -> None:
         """One iteration: `active_rows` real rows padded to `bucket`, taking `seconds` (network + step)."""
         ...
@@ -42,6 +47,9 @@ class NullObserver:
     """The default: observes nothing."""
 
     def on_ready(self, engine: str, warmup_seconds: float) -> None:
+        pass
+
+    def on_compiled(self, engine: str, batch_size: int, seconds: float) -> None:
         pass
 
     def on_step(self, engine: str, active_rows: int, bucket: int, seconds: float) -> None:

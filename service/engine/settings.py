@@ -21,7 +21,12 @@ class EngineSettings:
     max_queue: int = 256  # rows waiting for a slot; beyond it submit raises QueueFull
     run_to_completion: bool = False  # benchmark baseline: admit only into an empty executor
     precision: Precision = Precision.AUTO
-    compile: bool | None = None  # torch.compile(dynamic=False) per bucket; None: on for CUDA only
+    # Compile the network. CUDA: torch.compile(dynamic=False) per bucket at warm-up. CPU: packages built
+    # in the background while serving eager (background_compile.py). None: on for CUDA only.
+    compile: bool | None = None
+    compile_cache_dir: str | None = None  # CPU packages; None: a per-user folder in the temp directory
+    # CPU only. False: torch.compile at warm-up, as on CUDA (readiness waits for it; tests of that path).
+    compile_in_background: bool = True
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # e.g. "max-autotune-no-cudagraphs"; graphs are captured by us
     cuda_graphs: bool = True  # one CUDA graph per bucket (CUDA only)

@@ -121,6 +121,13 @@ class ThreadSetter:
         old = self.per_row.get(key)
         self.per_row[key] = sample if old is None else (1 - self.alpha) * old + self.alpha * sample
 
+    def forget(self, rows: int) -> None:
+        """Drop what was measured for the size class of `rows` (its network changed, e.g. compiled):
+        the warm-up policy applies again until the calls at each count are measured anew."""
+        size = _size_class(rows)
+        self.per_row = {key: value for key, value in self.per_row.items() if key[0] != size}
+        self._calls[size] = 0
+
     def choose(self, rows: int) -> int:
         size = _size_class(rows)
         known = {t: self.per_row[(size, t)] for t in self.candidates if (size, t) in self.per_row}

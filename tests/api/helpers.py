@@ -34,6 +34,7 @@ def make_settings(dirs: ModelDirs, **overrides: Any) -> Settings:
         "max_queue": 8,
         "max_num_images": 4,
         "warmup_iterations": 1,
+        "compile": False,  # on the CPU it would compile in the background for minutes
         "default_steps": 5,
         "drain_timeout_s": 10.0,
     }

@@ -84,6 +84,13 @@ def test_openapi_documents_generate(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_server_compiles_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On by default (the CPU in the background, CUDA at warm-up); tests/conftest.py turns it off for the
+    test servers through the same variable a user would set."""
+    monkeypatch.delenv("DDPM_COMPILE", raising=False)
+    assert Settings().compile is True
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DDPM_MODEL_DIRS", f"{tmp_path}/a, {tmp_path}/b")
     monkeypatch.setenv("DDPM_PORT", "9001")

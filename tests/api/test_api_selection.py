@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.api.errors import ApiError
-from service.api.latency import LatencyTracker
+from service.api.latency import DEFAULT_MARGIN, MIN_OUTCOMES, OUTCOME_WINDOW, LatencyTracker
 from service.api.metrics import StepLabels
 from service.api.selection import LatencyPredictor, choose_for_fid, choose_for_latency
 from service.backends.base import EngineLoad
@@ -46,15 +46,36 @@ def test_prediction_uses_live_step_time_at_the_joined_bucket_and_queue_wait() ->
     tracker = LatencyTracker()
     point = TABLE[1]  # K = 50
     idle = EngineLoad("m", "cpu", queue_depth=0, in_flight=0, free_slots=4)
-    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(0.5)  # no live figure: the table's
+    # No live figure: the table's, with the default margin (no request has finished yet).
+    assert LatencyPredictor(tracker, idle, 1).base(50) is None
+    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(0.5 * DEFAULT_MARGIN)
     tracker.record_step(1, 0.01)
     tracker.record_step(4, 0.03)
     tracker.record_queue_wait(2.0)
-    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(50 * 0.01)
+    assert LatencyPredictor(tracker, idle, 1).base(50) == pytest.approx(50 * 0.01)
+    assert LatencyPredictor(tracker, idle, 1)(point) == pytest.approx(50 * 0.01 * DEFAULT_MARGIN)
     busy = EngineLoad("m", "cpu", queue_depth=0, in_flight=3, free_slots=1)
-    assert LatencyPredictor(tracker, busy, 1)(point) == pytest.approx(50 * 0.03)  # joins the 4-row bucket
+    assert LatencyPredictor(tracker, busy, 1).base(50) == pytest.approx(50 * 0.03)  # joins the 4-row bucket
     full = EngineLoad("m", "cpu", queue_depth=2, in_flight=4, free_slots=0)
-    assert LatencyPredictor(tracker, full, 1)(point) == pytest.approx(2.0 + 50 * 0.03)
+    assert LatencyPredictor(tracker, full, 1).base(50) == pytest.approx(2.0 + 50 * 0.03)
+
+
+def test_the_margin_is_learned_from_what_requests_took() -> None:
+    """Predictions are scaled by the 95th percentile of actual ÷ predicted over recent requests (at least
+    1): an engine whose requests overran by 30 % gets budgets 30 % tighter, one that was exact gets none."""
+    tracker = LatencyTracker()
+    for _ in range(MIN_OUTCOMES - 1):
+        tracker.record_outcome(1.0, 1.3)
+    assert tracker.margin() == DEFAULT_MARGIN  # too few to tell
+    for _ in range(100):
+        tracker.record_outcome(1.0, 1.3)
+    assert tracker.margin() == pytest.approx(1.3)
+    for _ in range(OUTCOME_WINDOW):
+        tracker.record_outcome(2.0, 1.0)  # faster than predicted: no margin below 1
+    assert tracker.margin() == 1.0
+    for i in range(OUTCOME_WINDOW):
+        tracker.record_outcome(1.0, 1.0 + (i % 20) / 10)  # ratios 1.0 .. 2.9, 5 % of them at 2.9
+    assert tracker.margin() == pytest.approx(2.8)
 
 
 def test_tracker_percentiles_and_moving_average() -> None:
@@ -79,7 +100,7 @@ def test_step_time_between_and_beyond_the_measured_batch_sizes() -> None:
     assert tracker.step_seconds(8) == pytest.approx(0.060)  # beyond: scaled by rows, the slow side
     idle = EngineLoad("m", "cpu", queue_depth=0, in_flight=0, free_slots=16)
     # Four images on an idle engine run as a batch of four, not at the one-row step time.
-    assert LatencyPredictor(tracker, idle, 4)(TABLE[1]) == pytest.approx(50 * 0.030)
+    assert LatencyPredictor(tracker, idle, 4).base(50) == pytest.approx(50 * 0.030)
 
 
 def test_k_labels_are_bounded() -> None:
@@ -93,7 +114,7 @@ def test_k_labels_are_bounded() -> None:
 
 def test_latency_budget_over_http(model_dirs: ModelDirs) -> None:
     # A fresh app has no live step time yet: the prediction falls back to the table's seconds per image
-    # (0.05 / 0.10 / 0.20 s for K = 5 / 10 / 20).
+    # (0.05 / 0.10 / 0.20 s for K = 5 / 10 / 20), times the default margin (no request finished yet).
     with serve(make_settings(model_dirs)) as client:
         request = {"class_label": 2, "latency_budget_ms": 150, "response_format": "json"}
         r = client.post("/generate", json=request)
@@ -101,7 +122,7 @@ def test_latency_budget_over_http(model_dirs: ModelDirs) -> None:
         body = r.json()
         assert body["steps"] == 10 and body["seed_chosen_by_server"]
         assert body["selection"]["mode"] == "latency_budget"
-        assert body["selection"]["predicted_latency_ms"] == pytest.approx(100.0)
+        assert body["selection"]["predicted_latency_ms"] == pytest.approx(100.0 * DEFAULT_MARGIN)
         # Now live: a generous budget affords the largest calibrated K, an absurd one none.
         assert client.post("/generate", json={**request, "latency_budget_ms": 600_000}).json()["steps"] == 20
         r = client.post("/generate", json={**request, "latency_budget_ms": 0.001})

@@ -164,14 +164,24 @@ def test_padding_rows_do_not_change_real_rows(tiny_model: LoadedModel) -> None:
 
     exact = make_executor(tiny_model, max_batch=3, buckets=(3,))
     # Compiled (dynamo with its eager backend: cheap): shapes are fixed, so 3 rows run padded to 8.
-    padded = make_executor(tiny_model, max_batch=8, buckets=(8,), compile=True, compile_backend="eager")
+    padded = make_executor(
+        tiny_model,
+        max_batch=8,
+        buckets=(8,),
+        compile=True,
+        compile_backend="eager",
+        compile_in_background=False,
+    )
     images = [run(ex, [row(tiny_model, ex.tables, 6, i, 7 + i) for i in range(3)]) for ex in (exact, padded)]
     for a, b in zip(*images, strict=True):
         assert max_diff(a, b) <= 1
 
 
 def test_eager_runs_exact_batches_and_fixed_shapes_run_buckets(tiny_model: LoadedModel) -> None:
-    for settings, expected in (({}, 9), ({"compile": True, "compile_backend": "eager"}, 16)):
+    for settings, expected in (
+        ({}, 9),
+        ({"compile": True, "compile_backend": "eager", "compile_in_background": False}, 16),
+    ):
         executor = make_executor(tiny_model, max_batch=16, **settings)
         rows = [row(tiny_model, executor.tables, 5, i % 10, 40 + i) for i in range(9)]
         for i, r in enumerate(rows):
@@ -183,7 +193,9 @@ def test_eager_runs_exact_batches_and_fixed_shapes_run_buckets(tiny_model: Loade
 def test_compiled_network_does_not_recompile_after_warm_up(tiny_model: LoadedModel) -> None:
     counters = torch._dynamo.utils.counters
     torch._dynamo.reset()
-    executor = make_executor(tiny_model, max_batch=2, compile=True, compile_backend="eager")
+    executor = make_executor(
+        tiny_model, max_batch=2, compile=True, compile_backend="eager", compile_in_background=False
+    )
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 2  # one graph per bucket at least
     tables = executor.tables

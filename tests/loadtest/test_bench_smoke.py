@@ -24,7 +24,7 @@ MIX = {2: 2.0, 20: 1.0, 1000: 1.0}
 
 @pytest.mark.slow
 def test_driver_accounts_for_every_request(tiny_model_dir: Path) -> None:
-    config = ServerConfig(tiny_model_dir, max_batch=2, max_queue=2, warmup_iterations=1)
+    config = ServerConfig(tiny_model_dir, max_batch=2, max_queue=2, warmup_iterations=1, compile=False)
     arrivals = driver.poisson_arrivals(8.0, 3.0, MIX, seed=0, max_requests=40)
     assert 0 < len(arrivals) <= 40 and arrivals[-1].at_s < 3.0
     with Server(config) as server:

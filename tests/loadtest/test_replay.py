@@ -82,7 +82,7 @@ def test_unreachable_base_url_is_a_cli_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_replay_against_a_real_server_writes_the_report(tiny_model_dir: Path, tmp_path: Path) -> None:
     out, again = tmp_path / "report", tmp_path / "again"
-    with Server(ServerConfig(tiny_model_dir, max_batch=4, warmup_iterations=1)) as server:
+    with Server(ServerConfig(tiny_model_dir, max_batch=4, warmup_iterations=1, compile=False)) as server:
         replay.main(
             ["--base-url", server.base_url, "--mix", "2:2,20:1,5000:1", "--rate", "6", "--duration", "2"]
             + ["--seed", "1", "--out", str(out)]

@@ -22,6 +22,7 @@ def gateway_settings(model_dir: Path, **overrides: Any) -> Settings:
         "max_queue": 32,
         "max_num_images": 4,
         "warmup_iterations": 1,
+        "compile": False,
         "torch_threads": 1,
         "drain_timeout_s": 5.0,
     }

@@ -69,7 +69,10 @@ async def generate(body: GenerateRequest, request: Request, context: Context) ->
     else:
         png = await run_in_threadpool(_png, result.images)
         response = Response(png, media_type="image/png", headers=_png_headers(result, plan))
-    context.metrics.count_request(*labels, "ok", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    context.metrics.count_request(*labels, "ok", seconds)
+    if plan.predicted_seconds is not None:
+        context.metrics.tracker(plan.info.name).record_outcome(plan.predicted_seconds, seconds)
     return response
 
 
