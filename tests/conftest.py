@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import service.engine.compile
 from service.model.presets import get_preset
 from service.model.store import LoadedModel, load_model, random_model_dir
 
@@ -14,6 +15,12 @@ from service.model.store import LoadedModel, load_model, random_model_dir
 # the server's default compiles in the background on the CPU, minutes of CPU time per server on these
 # machines. The tests of compilation itself ask for it explicitly.
 os.environ.setdefault("DDPM_COMPILE", "false")
+# Likewise fp32: on a CPU with native bf16 the default precision is bf16, and the parity tests compare with
+# the fp32 reference. Tests of the bf16 choice patch native_bf16 themselves.
+os.environ.setdefault("DDPM_PRECISION", "fp32")
+# And in this process: EngineSettings() resolves AUTO as on a CPU without native bf16, for every fixture
+# whatever its scope.
+service.engine.compile.native_bf16 = lambda: False  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")

@@ -181,12 +181,16 @@ class MetricsObserver(NullObserver):
         self.m = metrics
         self.model = model
         self.tracker = metrics.tracker(model)
+        self._compiled: dict[str, set[int]] = {}
 
     def on_ready(self, engine: str, warmup_seconds: float) -> None:
         self.m.warmup.labels(self.model, engine).set(warmup_seconds)
 
     def on_compiled(self, engine: str, batch_size: int, seconds: float) -> None:
-        self.m.compiled_sizes.labels(self.model, engine).inc()
+        # A set, not a count: a restarted executor reports its sizes again.
+        sizes = self._compiled.setdefault(engine, set())
+        sizes.add(batch_size)
+        self.m.compiled_sizes.labels(self.model, engine).set(len(sizes))
         self.m.compile_seconds.labels(self.model, engine).inc(seconds)
 
     def on_step(self, engine: str, active_rows: int, bucket: int, seconds: float) -> None:

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 
 class Precision(StrEnum):
-    AUTO = "auto"  # fp16 torso on CUDA, fp32 on the CPU
+    AUTO = "auto"  # fp16 torso on CUDA; bf16 on a CPU with native bf16 (AMX / AVX512-BF16), else fp32
     FP32 = "fp32"
     FP16 = "fp16"  # CUDA only
     BF16 = "bf16"

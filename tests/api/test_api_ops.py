@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.metrics import Metrics
 from service.api.settings import Settings, SettingsError
 from service.cli.serve import main as serve_main
 
@@ -109,3 +110,13 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path, capsys: pytest.
     assert serve_main(["--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "DDPM_MODEL_DIRS" in err and "Traceback" not in err
+
+
+def test_compiled_batch_sizes_are_counted_once_across_executor_restarts() -> None:
+    metrics = Metrics((10,))
+    observer = metrics.observer_for("m")
+    for size in (16, 1, 16):  # 16 again: a restarted executor reports its sizes anew
+        observer.on_compiled("cpu", size, 2.0)
+    text = metrics.exposition().decode()
+    assert 'ddpm_compiled_batch_sizes{engine="cpu",model="m"} 2.0' in text
+    assert 'ddpm_compile_seconds_total{engine="cpu",model="m"} 6.0' in text

@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from service.diffusion.sampling import Denoiser
+from service.engine import compile as compile_module
 from service.engine.background_compile import MAX_ABS_ERROR, BackgroundCompiler
 from service.engine.buckets import MAX_PADDING, BucketRunner, dense_bucket_sizes
+from service.engine.compile import resolved_precision
 from service.engine.engine import Engine
 from service.engine.executor import compile_order
 from service.engine.generation import GenerationSpec
-from service.engine.settings import EngineSettings
+from service.engine.packages import PackageSpec, model_digest
+from service.engine.settings import EngineSettings, Precision
 from service.model.store import LoadedModel, load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -217,3 +220,33 @@ def test_real_packages_match_eager_and_load_from_the_cache_on_restart(
         assert restarted.compiled_sizes() == {1, 2}  # loaded during warm-up, before ready
     finally:
         restarted.stop()
+
+
+def test_package_keys_name_everything_the_generated_code_depends_on(tiny_model_dir: Path) -> None:
+    spec = PackageSpec(tiny_model_dir, "fp32", 2)
+    digest = model_digest(tiny_model_dir, "model.safetensors")
+    key = spec.key(4, digest)
+    assert key == PackageSpec(tiny_model_dir, "fp32", 2).key(4, digest)
+    others = {
+        spec.key(8, digest),
+        PackageSpec(tiny_model_dir, "bf16", 2).key(4, digest),
+        PackageSpec(tiny_model_dir, "fp32", 1).key(4, digest),
+        spec.key(4, "other weights"),
+    }
+    assert key not in others and len(others) == 4
+    # The server's default precision is AUTO: it must find the packages a benchmark built as fp32 (on a
+    # CPU without native bf16, as the tests resolve it).
+    assert resolved_precision(Precision.AUTO, torch.device("cpu")) is Precision.FP32
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(compile_module, "native_bf16", lambda: True)
+    assert compile_module.torso_dtype(Precision.AUTO, cpu) == torch.bfloat16
+    assert resolved_precision(Precision.AUTO, cpu) is Precision.BF16
+    assert compile_module.torso_dtype(Precision.FP32, cpu) == torch.float32  # asked for: kept
+    assert compile_module.torso_dtype(Precision.AUTO, cuda) == torch.float16
+    monkeypatch.setattr(compile_module, "native_bf16", lambda: False)
+    assert compile_module.torso_dtype(Precision.AUTO, cpu) == torch.float32
