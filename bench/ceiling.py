@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.model import random_model
+from bench.variants import Networks, Variant, variants
 from loadtest.machine import pin_threads
 from service.model.store import LoadedModel, load_model
 
@@ -82,6 +83,32 @@ def measure(model: LoadedModel, batch: int, calls: int, warmup: int = 3, seed: i
         times.append(time.perf_counter() - start)
     cpu = time.process_time() - cpu_start
     return Ceiling(batch, calls, sum(times), statistics.median(times), tuple(times), cpu)
+
+
+def search(
+    networks: Networks, batch: int, calls: int = 20, candidates: list[Variant] | None = None
+) -> list[tuple[Variant, Ceiling]]:
+    """Every variant (threads × compiled × precision) at `batch`, fastest first by the median call: the
+    machine's ceiling is the first. Leaves torch's thread count as it found it."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for variant in candidates or variants():
+            model = networks.get(variant, batch)
+            torch.set_num_threads(variant.threads)
+            results.append((variant, measure(model, batch, calls)))
+    finally:
+        torch.set_num_threads(before)
+    return sorted(results, key=lambda item: item[1].median_call_s)
+
+
+def measure_variant(networks: Networks, variant: Variant, batch: int, calls: int) -> Ceiling:
+    before = torch.get_num_threads()
+    torch.set_num_threads(variant.threads)
+    try:
+        return measure(networks.get(variant, batch), batch, calls)
+    finally:
+        torch.set_num_threads(before)
 
 
 def summary(c: Ceiling) -> dict[str, float]:

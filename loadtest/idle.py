@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import httpx
 
 from loadtest import report
-from loadtest.machine import load_average, pin_threads, random_model_dir
+from loadtest.machine import load_average, random_model_dir
 from loadtest.server import Server, ServerConfig
 
 STEPS = 50
@@ -36,6 +36,7 @@ class IdleRun(Generic[T]):
     server_s: list[float]  # the server's Server-Timing total of the same requests
     alongside: list[T]  # what `alongside` returned for each counted request
     load_average: tuple[float, float]
+    settings: str = "defaults"
 
     def markdown(self) -> str:
         """The HTTP side alone (the (c) section of docs/performance.md adds the bare loop)."""
@@ -79,15 +80,23 @@ def server_total_s(response: httpx.Response) -> float:
 
 
 def run(
-    model_dir: Path, alongside: Callable[[int, int], T], *, repeats: int = 20, steps: int = STEPS
+    model_dir: Path,
+    alongside: Callable[[int, int], T],
+    *,
+    repeats: int = 20,
+    steps: int = STEPS,
+    torch_threads: int | None = None,
+    compile: bool | None = None,
 ) -> IdleRun[T]:
-    """WARMUP + repeats requests to a fresh server, each followed by `alongside(i, class label)`."""
+    """WARMUP + repeats requests to a fresh server (default settings unless threads / compile are given),
+    each followed by `alongside(i, class label)`."""
     load_start = load_average()
     http_s: list[float] = []
     server_s: list[float] = []
     extra: list[T] = []
+    config = ServerConfig(model_dir, torch_threads=torch_threads, compile=compile)
     with (
-        Server(ServerConfig(model_dir)) as server,
+        Server(config) as server,
         httpx.Client(base_url=server.base_url, trust_env=False) as http,
     ):
         for i in range(WARMUP + repeats):
@@ -102,14 +111,13 @@ def run(
                 http_s.append(elapsed)
                 server_s.append(server_total_s(response))
                 extra.append(other)
-    return IdleRun(steps, http_s, server_s, extra, (load_start, load_average()))
+    return IdleRun(steps, http_s, server_s, extra, (load_start, load_average()), config.describe())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    pin_threads()
     print(run(random_model_dir(), lambda i, label: None, repeats=args.repeats).markdown())
 
 

@@ -31,7 +31,12 @@ class ServerConfig:
     max_batch: int = 16
     max_queue: int = 256
     run_to_completion: bool = False
-    torch_threads: int = 1  # one core of two is taken by training: every benchmark process gets one thread
+    max_num_images: int = 16  # capped at max_queue: the server refuses a queue shorter than one request
+    # None: the server's defaults (threads measured per batch size, compile as the server decides); a
+    # number pins the intra-op threads (and the OpenMP/MKL pools) as a user could.
+    torch_threads: int | None = None
+    compile: bool | None = None  # None: the server's default
+    compile_cache_dir: Path | None = None  # None: the server's default folder
     warmup_iterations: int = 2
     drain_timeout_s: float = 30.0
     triton_urls: tuple[str, ...] = ()  # non-empty: the gateway serves through these Triton workers
@@ -43,18 +48,21 @@ class ServerConfig:
             DDPM_DEVICE="cpu",
             DDPM_MAX_BATCH=str(self.max_batch),
             DDPM_MAX_QUEUE=str(self.max_queue),
-            # The server refuses a queue shorter than one request's images; the benchmarks send 1 image.
-            DDPM_MAX_NUM_IMAGES=str(min(16, self.max_queue)),
+            DDPM_MAX_NUM_IMAGES=str(min(self.max_num_images, self.max_queue)),
             DDPM_RUN_TO_COMPLETION="true" if self.run_to_completion else "false",
-            DDPM_TORCH_THREADS=str(self.torch_threads),
             DDPM_WARMUP_ITERATIONS=str(self.warmup_iterations),
             DDPM_DRAIN_TIMEOUT_S=str(self.drain_timeout_s),
             DDPM_MAX_TIMEOUT_MS="600000",
             DDPM_LOG_LEVEL="warning",
-            # Also caps OpenMP/MKL pools that torch.set_num_threads does not reach.
-            OMP_NUM_THREADS=str(self.torch_threads),
-            MKL_NUM_THREADS=str(self.torch_threads),
         )
+        if self.torch_threads is not None:
+            # Also caps OpenMP/MKL pools that torch.set_num_threads does not reach.
+            threads = str(self.torch_threads)
+            env.update(DDPM_TORCH_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        if self.compile is not None:
+            env.update(DDPM_COMPILE="true" if self.compile else "false")
+        if self.compile_cache_dir is not None:
+            env.update(DDPM_COMPILE_CACHE_DIR=str(self.compile_cache_dir))
         if self.triton_urls:
             env.update(DDPM_BACKEND="triton", DDPM_TRITON_URLS=",".join(self.triton_urls))
         return env
@@ -65,7 +73,8 @@ class ServerConfig:
             return f"gateway with DDPM_BACKEND=triton over {len(self.triton_urls)} worker(s)"
         return (
             f"DDPM_MAX_BATCH={self.max_batch}, DDPM_MAX_QUEUE={self.max_queue}, {mode}, "
-            f"DDPM_TORCH_THREADS={self.torch_threads}, device cpu, fp32 eager"
+            f"DDPM_TORCH_THREADS={self.torch_threads or 'default'}, "
+            f"DDPM_COMPILE={'default' if self.compile is None else self.compile}, device cpu"
         )
 
 

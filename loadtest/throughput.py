@@ -45,6 +45,7 @@ class Served:
     server_cpu_s: float  # CPU time the server process used over the window
     driver_cpu_s: float  # CPU time the load generator (this process) used over the window
     load_average: tuple[float, float]
+    settings: str = "defaults"  # the server's settings, as ServerConfig.describe says
 
     @property
     def served(self) -> float:
@@ -121,12 +122,21 @@ async def _drive(
 
 
 def run(
-    model_dir: Path, *, max_batch: int = 16, warmup_s: float = 20.0, window_s: float = 150.0, seed: int = 1
+    model_dir: Path,
+    *,
+    max_batch: int = 16,
+    warmup_s: float = 20.0,
+    window_s: float = 150.0,
+    seed: int = 1,
+    torch_threads: int | None = None,
+    compile: bool | None = None,
 ) -> Served:
-    """A fresh server on `model_dir`, saturated by 2 × max_batch closed-loop clients; stopped after."""
+    """A fresh server on `model_dir` (default settings unless threads / compile are given), saturated by
+    2 × max_batch closed-loop clients; stopped after."""
     concurrency = 2 * max_batch
     load_start = load_average()
-    with Server(ServerConfig(model_dir, max_batch=max_batch)) as server:
+    config = ServerConfig(model_dir, max_batch=max_batch, torch_threads=torch_threads, compile=compile)
+    with Server(config) as server:
         outcomes, (first, last) = asyncio.run(_drive(server, concurrency, warmup_s, window_s, seed))
     in_window = [o for o in outcomes if o.status == 200 and first.at_s <= o.finished_s <= last.at_s]
     return Served(
@@ -142,6 +152,7 @@ def run(
         step_seconds_sum=probes.delta(first, last, "ddpm_step_duration_seconds_sum"),
         tally=driver.tally(outcomes),
         server_cpu_s=last.cpu_s - first.cpu_s,
+        settings=config.describe(),
         driver_cpu_s=last.driver_cpu_s - first.driver_cpu_s,
         load_average=(load_start, load_average()),
     )
