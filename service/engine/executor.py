@@ -24,7 +24,12 @@ from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
 from service.engine.background_compile import BackgroundCompiler, OnCompiled
 from service.engine.buckets import BucketRunner, bucket_sizes, dense_bucket_sizes
-from service.engine.compile import compiles_at_warm_up, compiles_in_background, prepare_denoiser
+from service.engine.compile import (
+    compiles_at_warm_up,
+    compiles_in_background,
+    prepare_denoiser,
+    resolved_precision,
+)
 from service.engine.packages import PackageBuilder, PackageSpec
 from service.engine.request import RowState
 from service.engine.settings import EngineSettings
@@ -70,7 +75,8 @@ class Executor:
         if compiles_in_background(settings, self.device):
             if denoiser is None:
                 threads = settings.threads or machine_threads()
-                spec = PackageSpec(model.path, settings.precision.value, threads)
+                precision = resolved_precision(settings.precision, self.device)
+                spec = PackageSpec(model.path, precision.value, threads)
                 packages = PackageBuilder(model, spec, compile_cache_dir(settings))
                 self.compiler = BackgroundCompiler(
                     denoise,
