@@ -31,9 +31,11 @@ from service.diffusion.sampling import Denoiser
 
 log = logging.getLogger(__name__)
 
-# eps and v are O(1); measured compiled-vs-eager differences on the CPU are ~5e-6 (fp32). A wrong kernel
-# is off by O(1), so the check has a wide margin both ways.
-MAX_ABS_ERROR = 1e-3
+# eps and v are O(1). Measured largest compiled-vs-eager differences on the CPU (over a batch of 16
+# images): ~5e-6 with an fp32 torso, ~0.016 with a bf16 torso (8-bit mantissa; the kernels round in
+# another order). A wrong kernel is off by O(1), so both limits keep a wide margin both ways.
+MAX_ABS_ERROR = 1e-3  # fp32 torso
+MAX_ABS_ERROR_REDUCED = 0.1  # bf16 / fp16 torso
 Inputs = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 OnCompiled = Callable[[int, float], None]
 
@@ -64,10 +66,13 @@ class BackgroundCompiler:
         sizes: Sequence[int],
         inputs: Inputs,
         on_compiled: OnCompiled | None = None,
+        tolerance: float = MAX_ABS_ERROR,
     ) -> None:
         self.eager = eager
+        self.tolerance = tolerance
         self.build = build
         self.sizes = tuple(sizes)
+        self.sizes_ascending = tuple(sorted(self.sizes))  # what a row count pads to (buckets.pick_bucket)
         self.inputs = inputs  # random test inputs at a size: (x_t, model_t, y)
         self.on_compiled = on_compiled
         self.runners: dict[int, Denoiser] = {}  # size -> compiled denoiser, written before `ready`
@@ -100,10 +105,6 @@ class BackgroundCompiler:
         self.build.cancel()
         if self._thread is not None and timeout is not None:
             self._thread.join(timeout)
-
-    @property
-    def sizes_ascending(self) -> tuple[int, ...]:
-        return tuple(sorted(self.sizes))
 
     @property
     def done(self) -> bool:
@@ -142,7 +143,7 @@ class BackgroundCompiler:
             self.error = f"batch {size}: {type(e).__name__}: {e}"
             log.exception("compiling the network at batch %d failed; sizes not yet compiled stay eager", size)
             return False
-        if not error <= MAX_ABS_ERROR:  # NaN fails too
+        if not error <= self.tolerance:  # NaN fails too
             self.error = f"compiled output at batch {size} differs from eager by {error:.3g}"
             log.error("%s; sizes not yet compiled stay eager", self.error)
             return False

@@ -22,7 +22,12 @@ import torch
 
 from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
-from service.engine.background_compile import BackgroundCompiler, OnCompiled
+from service.engine.background_compile import (
+    MAX_ABS_ERROR,
+    MAX_ABS_ERROR_REDUCED,
+    BackgroundCompiler,
+    OnCompiled,
+)
 from service.engine.buckets import BucketRunner, bucket_sizes, dense_bucket_sizes
 from service.engine.compile import (
     compiles_at_warm_up,
@@ -32,7 +37,7 @@ from service.engine.compile import (
 )
 from service.engine.packages import PackageBuilder, PackageSpec
 from service.engine.request import RowState
-from service.engine.settings import EngineSettings
+from service.engine.settings import EngineSettings, Precision
 from service.engine.slots import SlotTable
 from service.engine.tables import StepTables
 from service.engine.threads import ThreadPolicy, ThreadSetter, machine_threads, tune
@@ -84,6 +89,7 @@ class Executor:
                     compile_order(settings.buckets or dense_bucket_sizes(self.num_slots)),
                     self._random_inputs,
                     on_compiled,
+                    MAX_ABS_ERROR if precision is Precision.FP32 else MAX_ABS_ERROR_REDUCED,
                 )
             else:  # a packaged network would run the model's own network, not this wrapper
                 log.info("a custom denoiser is served eager: only the model's own network is compiled")

@@ -12,7 +12,7 @@ import torch
 
 from service.diffusion.sampling import Denoiser
 from service.engine import compile as compile_module
-from service.engine.background_compile import MAX_ABS_ERROR, BackgroundCompiler
+from service.engine.background_compile import MAX_ABS_ERROR, MAX_ABS_ERROR_REDUCED, BackgroundCompiler
 from service.engine.buckets import MAX_PADDING, BucketRunner, dense_bucket_sizes
 from service.engine.compile import resolved_precision
 from service.engine.engine import Engine
@@ -157,6 +157,19 @@ def test_a_compiled_network_that_disagrees_with_eager_never_serves(tiny_model: L
     x_t, model_t, y = inputs(2)
     torch.testing.assert_close(runner(x_t, model_t, y)[1], eager(x_t, model_t, y)[0])
     assert builds.built == [2]  # it stopped at the first bad size
+
+
+def test_reduced_precision_networks_are_checked_against_their_own_tolerance(tiny_model: LoadedModel) -> None:
+    """A bf16 torso compiled differs from bf16 eager by ~0.016 (measured): accepted under the reduced-
+    precision limit, refused under the fp32 one."""
+    inputs, _ = inputs_for(tiny_model)
+    eager = tiny_model.denoiser
+    for tolerance, ready in ((MAX_ABS_ERROR_REDUCED, {1}), (MAX_ABS_ERROR, set())):
+        builds = Builds(eager, offset=0.02)
+        builds.gate.release()
+        compiler = BackgroundCompiler(eager, builds, (1,), inputs, tolerance=tolerance)
+        compiler.start()
+        assert compiler.wait(30) and compiler.ready == ready
 
 
 def test_a_failing_build_leaves_the_built_sizes_and_stops(tiny_model: LoadedModel) -> None:
