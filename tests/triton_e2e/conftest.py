@@ -18,7 +18,15 @@ from service.triton_worker.launcher import TritonProcess, missing_reason
 from service.triton_worker.repo import write_triton_model
 
 MODEL = "tiny"  # folder name = Triton model name = manifest name
-WORKER_PARAMETERS = {"max_batch": "4", "max_queue": "32", "warmup_iterations": "1", "torch_threads": "1"}
+# fp32: the worker runs in Triton's process, where tests/conftest.py's fp32 resolution of AUTO does not
+# reach, and the gateway tests compare its images with the embedded engine's, byte for byte.
+WORKER_PARAMETERS = {
+    "max_batch": "4",
+    "max_queue": "32",
+    "warmup_iterations": "1",
+    "torch_threads": "1",
+    "precision": "fp32",
+}
 
 
 @pytest.fixture(scope="session")
