@@ -4,7 +4,12 @@
 
 Measured on the 2-core development VM (issue 18, docs/performance.md): the compiled bf16 package at
 batch 16 ran in 39-45 ms from the main thread and 87-216 ms from a worker thread; eager networks show
-the same gap; with one intra-op thread the two agree. The engine's own thread pays it on every step.
+the same gap; with one intra-op thread the two agree. The engine's own thread paid it on every step.
+
+The cause (found later in issue 18): the main thread's calls leave it an OpenMP team, and with more
+OpenMP threads than cores libgomp stops spinning, so the worker thread's team sleeps between parallel
+regions. The server now confines every thread but the engine's to one intra-op thread
+(service.engine.threads.confine_to_one_thread); `--confine-main` does the same here, and the gap closes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from bench.model import BUNDLED_MODEL
 from bench.variants import Networks, Variant
 from service.engine.settings import Precision
-from service.engine.threads import machine_threads
+from service.engine.threads import confine_to_one_thread, machine_threads
 
 
 def median_call_s(denoise: object, batch: int, calls: int) -> float:
@@ -43,13 +48,22 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--confine-main", action="store_true", help="the main thread keeps no team")
     args = parser.parse_args()
+    if args.confine_main:  # before anything runs, so the main thread never starts a team
+        confine_to_one_thread()
     variant = Variant(machine_threads(), args.compiled, args.precision)
     denoise = Networks(BUNDLED_MODEL).get(variant, args.batch).denoiser
     print(f"{variant.label}, batch {args.batch}")
-    print(f"main thread:   {median_call_s(denoise, args.batch, args.calls) * 1000:.1f} ms")
+    if not args.confine_main:
+        print(f"main thread:   {median_call_s(denoise, args.batch, args.calls) * 1000:.1f} ms")
     result: list[float] = []
-    worker = threading.Thread(target=lambda: result.append(median_call_s(denoise, args.batch, args.calls)))
+
+    def in_worker() -> None:
+        torch.set_num_threads(variant.threads)
+        result.append(median_call_s(denoise, args.batch, args.calls))
+
+    worker = threading.Thread(target=in_worker)
     worker.start()
     worker.join()
     print(f"worker thread: {result[0] * 1000:.1f} ms")

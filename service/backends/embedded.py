@@ -32,6 +32,7 @@ from service.engine.generation import Collation
 from service.engine.pool import EnginePool
 from service.engine.request import RowProgress, RowResult
 from service.engine.settings import EngineSettings
+from service.engine.threads import confine_to_one_thread
 from service.model.store import load_model
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class EmbeddedBackend:
             pool.start()
 
     def _load_all(self) -> None:
+        confine_to_one_thread()  # a loader thread that kept an OpenMP team would slow the engine's
         try:
             devices = serving_devices(self.device)
         except DeviceError as e:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from service.api.app import create_app
 from service.api.settings import Settings, SettingsError
+from service.engine.threads import confine_to_one_thread
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -40,6 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    confine_to_one_thread()  # the event loop's thread: only the engine thread may own an OpenMP team
     overrides = {name: value for name, value in vars(args).items() if value is not None}
     try:
         settings = Settings(**overrides)

@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 
 from service.diffusion.sampling import Denoiser
+from service.engine.threads import confine_to_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class BackgroundCompiler:
 
     @torch.no_grad()
     def _run(self) -> None:
+        confine_to_one_thread()  # its parity checks must not leave an OpenMP team beside the engine's
         try:
             for size in self.sizes:
                 if self._stop.is_set() or not self._obtain(size):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from service.engine.threads import ThreadPolicy, ThreadSetter, tune
+from service.engine.threads import ThreadPolicy, ThreadSetter, confine_to_one_thread, tune
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +75,24 @@ def test_serving_corrects_a_policy_measured_while_the_machine_was_busy() -> None
     assert used[0] == 1  # the warm-up's choice first
     # It explored, saw the change and switched: from then on one thread runs only as exploration.
     assert used[-50:].count(1) <= 50 // 8 + 1 and used[-50:].count(2) >= 50 - (50 // 8 + 1)
+
+
+def test_confining_a_thread_leaves_the_engine_threads_count_alone() -> None:
+    # The fix for the sleeping OpenMP team relies on the count being per thread: the loader, the
+    # compiler's checks and the event loop give up their teams while the engine thread keeps its own.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: dict[str, int] = {}
+
+    def other_thread() -> None:
+        confine_to_one_thread()
+        seen["confined"] = torch.get_num_threads()
+
+    try:
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert seen["confined"] == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
