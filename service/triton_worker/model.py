@@ -40,6 +40,7 @@ from service.engine.generation import Collation, GenerationSpec
 from service.engine.observer import EngineObserver, NullObserver
 from service.engine.request import RowProgress, RowResult
 from service.engine.settings import EngineSettings, Precision
+from service.engine.threads import confine_to_one_thread
 from service.model.manifest import read_manifest
 from service.model.store import load_model
 from service.triton_worker.metrics import GaugeRefresher, TritonMetricsObserver
@@ -56,6 +57,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils  # only exists inside the backend stub
 
         self.pb = pb_utils
+        confine_to_one_thread()  # the stub's thread loads the model: only the engine thread keeps a team
         config = json.loads(args["model_config"])
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         model_dir = Path(params.get("model_dir") or args["model_repository"])
