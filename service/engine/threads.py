@@ -46,15 +46,16 @@ def machine_threads() -> int:
 
 def confine_to_one_thread() -> None:
     """Give the calling thread one intra-op thread: for every thread that runs torch ops but is not the
-    engine's (model loading, the background compiler's checks).
+    engine's: the server's main thread, model loading, the background compiler's checks, Triton's stub.
 
     Why: under GNU OpenMP (torch's CPU wheels) each thread that runs a parallel op keeps a team of worker
     threads afterwards, and once the process holds more OpenMP threads than it has cores, libgomp stops
     spinning at barriers and puts workers to sleep between parallel regions. Every op of the engine's
-    network then waits for a futex wake-up, and the team mostly runs one thread at a time: measured on the
-    2-core development VM (docs/performance.md), the compiled batch-16 network called from a worker
-    thread ran 17.5-19.8 calls/s after the main thread had run it with two threads, 22.0-25.0 calls/s
-    when the main thread had been confined to one, and 22.7-27.5 calls/s from the main thread itself.
+    network then waits for a futex wake-up, and the team mostly runs one thread at a time. Measured on
+    the 2-core development VM (issue 18; bench/thread_penalty.py shows it): the compiled batch-16 network
+    called from a worker thread ran 17.5-19.8 calls/s after the main thread had run it with two threads,
+    22.0-25.0 calls/s when the main thread had been confined to one, and 22.7-27.5 calls/s from the main
+    thread itself.
     So only the engine thread may own a team.
     """
     torch.set_num_threads(1)
