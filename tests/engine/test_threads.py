@@ -80,19 +80,15 @@ def test_serving_corrects_a_policy_measured_while_the_machine_was_busy() -> None
 def test_confining_a_thread_leaves_the_engine_threads_count_alone() -> None:
     # The fix for the sleeping OpenMP team relies on the count being per thread: the loader, the
     # compiler's checks and the event loop give up their teams while the engine thread keeps its own.
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # keep_threads restores the count afterwards
     seen: dict[str, int] = {}
 
     def other_thread() -> None:
         confine_to_one_thread()
         seen["confined"] = torch.get_num_threads()
 
-    try:
-        worker = threading.Thread(target=other_thread)
-        worker.start()
-        worker.join()
-        assert seen["confined"] == 1
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert seen["confined"] == 1
+    assert torch.get_num_threads() == 2
