@@ -6,9 +6,15 @@ HTTP: loadtest.idle (POST /generate, PNG, to a fresh server with default setting
 end-to-end as the client sees it). Bare: solo.sample in this process for the same K, class and seed,
 with the fastest network setting a user could pick (bench.variants: threads × compiled × precision,
 chosen by a short search first). The two alternate (HTTP, bare, HTTP, ...) so a slow spell on the shared
-machine hits both alike; the medians are compared. Two more readings locate any gap: the server's own
-Server-Timing total (engine time inside the server, so client minus it is the HTTP cost), and
-Engine.generate in this process (the engine with the server's defaults, without HTTP or a second process).
+machine hits both alike; the medians are compared. The server's own Server-Timing total locates any gap
+(engine time inside the server, so client minus it is the HTTP cost).
+
+Why no Engine.generate in this process beside the bare loop (an earlier version had one): the engine's
+thread and the bare loop's main thread would each own an OpenMP team, and with more OpenMP threads than
+cores libgomp lets the teams sleep between parallel regions, so both readings slowed 2-6x (measured: the
+bare loop at 3.41 s instead of 0.58 s). That is the penalty the server avoids by giving only its engine
+thread a team (service.engine.threads.confine_to_one_thread); a benchmark process must avoid it too, so
+every in-process reading here runs on the main thread alone.
 """
 
 from __future__ import annotations
@@ -28,14 +34,17 @@ from bench.variants import Networks, Variant, variants
 from loadtest import idle, report
 from loadtest.idle import STEPS, WARMUP
 from loadtest.machine import load_average
-from service.engine.engine import Engine
 from service.engine.generation import GenerationSpec
-from service.engine.settings import EngineSettings
 from service.engine.solo import sample
-from service.model.store import LoadedModel, load_model
+from service.model.store import LoadedModel
 
 BAR = 1.05  # HTTP median ÷ the fastest bare loop's median
 SEARCH_RUNS = 3  # bare runs per setting when choosing the fastest
+# Pause before and after each bare run: after its last parallel region an OpenMP team keeps spinning on
+# its cores for a while before it sleeps, so a request sent the moment the bare loop ends (or a bare run
+# started the moment a response arrives) shares the two cores with the other process's spinning team.
+# Measured on the 2-core VM, 10 runs each: HTTP ÷ bare 1.149 back to back, 1.085 with 0.3 s pauses.
+SETTLE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,6 @@ class IdleResult:
     steps: int
     http_s: list[float]
     server_s: list[float]  # the server's Server-Timing total of the same requests
-    engine_s: list[float]  # Engine.generate in this process
     bare_s: list[float]
     load_average: tuple[float, float]
     best: Variant
@@ -76,14 +84,14 @@ class IdleResult:
                 f"K={self.steps}, one request at a time, alternating with the fastest bare loop "
                 f"({self.best.label}). HTTP is end-to-end (client-measured, PNG response) against a server "
                 f"({self.settings}) with nothing else in flight. "
-                f"{WARMUP} warm-up runs of each are not counted. Load average "
+                f"{WARMUP} warm-up runs of each are not counted; {SETTLE_S} s pauses before and after each "
+                "bare run let the other process's OpenMP team stop spinning. Load average "
                 f"{self.load_average[0]:.2f} → {self.load_average[1]:.2f}.",
                 report.table(
                     ["Path", "runs", "median", "min", "max"],
                     [
                         idle.row("HTTP /generate, client end-to-end", self.http_s),
                         idle.row("  of which inside the server (Server-Timing total)", self.server_s),
-                        idle.row("Engine.generate in this process (no HTTP)", self.engine_s),
                         idle.row(f"bare solo.sample, {self.best.label}", self.bare_s),
                     ],
                 ),
@@ -118,39 +126,27 @@ def run(
     searched = _search(networks, GenerationSpec(model.name, 0, steps, seed=0), candidates)
     best = searched[0][0]
     bare_model = networks.get(best, 1)
-    # The in-process engine runs the server's defaults (compiled on the CPU, from the same package cache)
-    # on its own copy of the network.
-    engine = Engine(load_model(model_dir), EngineSettings(compile=compile is not False))
-    engine.start()
 
-    def in_process(i: int, label: int) -> tuple[float, float]:
-        """Engine.generate, then the fastest bare loop, for request i's K, class and seed."""
+    def bare(i: int, label: int) -> float:
+        """The fastest bare loop for request i's K, class and seed."""
         spec = GenerationSpec(model.name, label, steps, seed=i)
-        in_engine = _timed(partial(engine.generate, spec, timeout=120))
         before = torch.get_num_threads()
         torch.set_num_threads(best.threads)
+        time.sleep(SETTLE_S)
         try:
-            bare = _timed(partial(sample, bare_model, spec))
+            return _timed(partial(sample, bare_model, spec))
         finally:
             torch.set_num_threads(before)
-        return in_engine, bare
+            time.sleep(SETTLE_S)
 
-    try:
-        if not engine.wait_ready(120) or not engine.wait_compiled(1800):
-            raise RuntimeError("the in-process engine did not warm up")
-        http = idle.run(
-            model_dir, in_process, repeats=repeats, steps=steps, torch_threads=torch_threads, compile=compile
-        )
-    finally:
-        engine.stop(drain=False)
-    engine_s = [e for e, _ in http.alongside]
-    bare_s = [b for _, b in http.alongside]
+    http = idle.run(
+        model_dir, bare, repeats=repeats, steps=steps, torch_threads=torch_threads, compile=compile
+    )
     return IdleResult(
         steps,
         http.http_s,
         http.server_s,
-        engine_s,
-        bare_s,
+        http.alongside,
         (load_start, load_average()),
         best,
         searched,

@@ -3,7 +3,7 @@
 POST /generate (PNG) to a fresh default server, end-to-end as the client sees it, next to the server's own
 Server-Timing total of the same request (engine time inside the server, so client minus it is the HTTP
 cost). After each request `run` calls `alongside(i, class label)`: a no-op when this runs alone, while
-bench/idle_vs_bare.py passes the bare sampling loop and Engine.generate for the same K, class and seed,
+bench/idle_vs_bare.py passes the bare sampling loop for the same K, class and seed,
 timed in its own process, so that the paths alternate (HTTP, bare, HTTP, ...) and a slow spell on the
 shared machine hits both alike. This module never imports the engine.
 """
