@@ -17,6 +17,7 @@ from service.model.config import ConfigError
 from service.model.manifest import ManifestError
 from service.model.presets import PRESETS, UnknownPresetError, get_preset
 from service.model.store import ModelStoreError, convert_checkpoint, load_model, random_model_dir
+from service.quality.sampler_kinds import SAMPLER_KINDS
 
 # Errors that are the user's to fix: reported as one line, never as a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
@@ -35,6 +36,7 @@ VARIANCES = {
     "learned": VarianceType.LEARNED_RANGE,
     "fixed-small": VarianceType.FIXED_SMALL,
     "fixed-large": VarianceType.FIXED_LARGE,
+    "analytic": VarianceType.ANALYTIC,  # needs the model's gamma.json (`ddpm gamma`)
 }
 
 
@@ -110,7 +112,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     from service.quality.calibrate import CalibrationPlan, calibrate
     from service.quality.classifier import load_classifier
-    from service.quality.plots import plot_tradeoff
+    from service.quality.plots import plot_frontier, plot_tradeoff
     from service.quality.tradeoff import write_tradeoff
 
     plan = CalibrationPlan(
@@ -132,6 +134,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         tradeoff = calibrate(model, classifier, Path(args.classifier), plan, progress, args.data_dir)
     path = write_tradeoff(Path(args.model), tradeoff)
     plot_tradeoff(tradeoff, Path(args.plot))
+    plot_frontier(tradeoff, Path(args.frontier_plot or Path(args.plot).with_name("frontier.png")))
     for p in tradeoff.points:
         print(
             f"{p.sampler:12} K={p.steps:<5} FID {p.fid:8.3f}  P {p.precision:.3f}  R {p.recall:.3f}  "
@@ -173,6 +176,78 @@ def cmd_tradeoff(args: argparse.Namespace) -> None:
     if tradeoff is None:
         raise ModelStoreError(f"{args.model}: no tradeoff.json (run ddpm calibrate first)")
     print(tradeoff_markdown(tradeoff), end="")
+
+
+def cmd_gamma(args: argparse.Namespace) -> None:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from service.data.fashion_mnist import load_split, to_model_space
+    from service.model.gamma_table import GAMMA_FILE, GammaTableError, read_gamma, write_gamma
+    from service.model.manifest import read_manifest
+    from service.quality.gamma import eps_norm_samples, grid_timesteps, standard_errors, table_from_norms
+
+    if args.grid < 2 or args.samples_per_step < 1 or args.batch_size < 1:
+        raise ValueError("--grid must be >= 2, --samples-per-step and --batch-size >= 1")
+    folder = Path(args.model)
+    if (folder / GAMMA_FILE).is_file():  # a broken table would stop load_model: say how to get past it
+        try:
+            read_gamma(folder, read_manifest(folder).diffusion.num_timesteps)
+        except GammaTableError as e:
+            raise ModelStoreError(f"{e}; remove it to estimate a new one") from None
+    started = time.perf_counter()
+    model = load_model(folder, device=args.device)
+    manifest = model.manifest
+    if (manifest.image_size, manifest.image_channels) != (28, 1):
+        raise ValueError(
+            f"{args.model}: Gamma is estimated on Fashion-MNIST (28x28x1), the only data set packaged here; "
+            f"this model makes {manifest.image_size}x{manifest.image_size}x{manifest.image_channels} images"
+        )
+    images, labels = load_split(args.split, args.data_dir)
+    num_timesteps = manifest.diffusion.num_timesteps
+    timesteps = grid_timesteps(num_timesteps, args.grid)
+    with tqdm(
+        total=len(timesteps) * args.samples_per_step,
+        desc="Gamma",
+        unit="eval",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=args.quiet,
+    ) as bar:
+        norms = eps_norm_samples(
+            model,
+            to_model_space(images),
+            labels,
+            timesteps,
+            args.samples_per_step,
+            args.seed,
+            args.batch_size,
+            lambda phase, n: bar.update(n),
+        )
+    data = f"Fashion-MNIST {args.split} split ({len(images)} images)"
+    table = table_from_norms(model, timesteps, norms, args.seed, data)
+    path = write_gamma(folder, table)
+    seconds = time.perf_counter() - started
+    gamma = np.asarray(table.gamma)
+    low, high = int(gamma.argmin()), int(gamma.argmax())
+    print(
+        f"wrote {path}: Gamma at {len(timesteps)} of T={num_timesteps} steps, "
+        f"{args.samples_per_step} samples each, seed {args.seed}, {data}"
+    )
+    print(
+        f"Gamma from {gamma[low]:.5f} (t={timesteps[low]}) to {gamma[high]:.5f} (t={timesteps[high]}); "
+        f"Gamma(0) = {gamma[0]:.5f}, Gamma(T-1) = {gamma[-1]:.5f}"
+    )
+    if args.samples_per_step >= 2:
+        errors = standard_errors(norms)
+        worst = int(errors.argmax())
+        print(
+            f"Monte Carlo standard error of Gamma: median {np.median(errors):.2e}, "
+            f"max {errors[worst]:.2e} (t={timesteps[worst]})"
+        )
+    print(f"took {seconds:.1f} s ({norms.size} network evaluations)")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -245,11 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="measure FID/precision/recall/accuracy/bpd per sampler and K")
     p.add_argument("--model", required=True, help="model folder; tradeoff.json is written there")
     p.add_argument("--steps", type=int_list, default=(10, 25, 50, 100, 250))
-    p.add_argument("--samplers", default="ddpm", help="comma-separated: ddpm, ddim, fixed-small, fixed-large")
+    p.add_argument("--samplers", default="ddpm", help=f"comma-separated: {', '.join(SAMPLER_KINDS)}")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--bpd-images", type=int, default=0, help="test images for bits/dim (ddpm only)")
     p.add_argument("--classifier", default="model_store/fmnist-classifier")
     p.add_argument("--plot", default="docs/tradeoff.png")
+    p.add_argument(
+        "--frontier-plot", help="FID vs ms/image per sampler (default: frontier.png beside --plot)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu")
@@ -269,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tradeoff", help="print a model's tradeoff.json as a markdown table")
     p.add_argument("--model", required=True)
     p.set_defaults(func=cmd_tradeoff)
+
+    p = sub.add_parser("gamma", help="estimate Gamma_t for variance=analytic; writes gamma.json")
+    p.add_argument("--model", required=True, help="model folder; gamma.json is written there")
+    p.add_argument(
+        "--grid", type=int, default=256, help="training steps estimated, evenly spaced over 0..T-1"
+    )
+    p.add_argument("--samples-per-step", type=int, default=64, help="(image, noise) draws per grid step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--split", choices=["train", "test"], default="train", help="Fashion-MNIST split for x0")
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_gamma)
 
     add_train_classifier_parser(sub)
     add_variance_fit_parser(sub)

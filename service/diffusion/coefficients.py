@@ -35,20 +35,45 @@ class RowCoefficients(NamedTuple):
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     log_one_minus_alphas_cumprod: torch.Tensor
+    # DPM-Solver++(2M) (service.diffusion.multistep): x_next = dpm_x_coef x + dpm_x0_coef D, with
+    # D = dpm_w_cur x0_now + dpm_w_prev x0_before.
+    dpm_x_coef: torch.Tensor
+    dpm_x0_coef: torch.Tensor
+    dpm_w_cur: torch.Tensor
+    dpm_w_prev: torch.Tensor
+    # Analytic-DPM's Sigma (service.diffusion.analytic); NaN when the model has no Gamma table.
+    analytic_variance: torch.Tensor
+    analytic_log_variance: torch.Tensor
 
 
 COLUMNS = RowCoefficients._fields
+PROCESS_COLUMNS = COLUMNS[2 : COLUMNS.index("dpm_x_coef")]  # arrays of SpacedProcess by the same name
 
 
-def coefficient_table(process: SpacedProcess, device: torch.device | str | None = None) -> torch.Tensor:
-    """Float32 table [K, len(COLUMNS)]; row k holds every coefficient of respaced step k."""
+def coefficient_table(
+    process: SpacedProcess, device: torch.device | str | None = None, gamma: np.ndarray | None = None
+) -> torch.Tensor:
+    """Float32 table [K, len(COLUMNS)]; row k holds every coefficient of respaced step k.
+
+    `gamma` is the model's Gamma_t = E||eps_theta(x_t, t)||^2 / d for t = 0..T-1 (analytic variance);
+    without it the analytic columns are NaN, so a row that used them by mistake could not pass the
+    engine's finiteness check."""
+    # Imported here: both modules build on RowCoefficients, defined above.
+    from service.diffusion.analytic import analytic_variance
+    from service.diffusion.multistep import dpm_solver_columns
+
     k = process.num_timesteps
     arrays: dict[str, np.ndarray] = {
         "model_t": process.model_timesteps,
         "nonzero_mask": (np.arange(k) != 0).astype(np.float64),
     }
-    for name in COLUMNS[2:]:
+    for name in PROCESS_COLUMNS:
         arrays[name] = getattr(process, name)
+    arrays.update(dpm_solver_columns(process))
+    variance = np.full(k, np.nan) if gamma is None else analytic_variance(process, gamma)
+    arrays["analytic_variance"] = variance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        arrays["analytic_log_variance"] = np.log(variance)
     stacked = np.stack([np.asarray(arrays[name], dtype=np.float64) for name in COLUMNS], axis=1)
     # model_t is already float32; every other column is float64 cast once, as the reference casts per call.
     return torch.from_numpy(stacked).to(dtype=torch.float32, device=device)

@@ -27,6 +27,8 @@ class VarianceType(StrEnum):
     LEARNED_RANGE = "learned_range"
     FIXED_SMALL = "fixed_small"
     FIXED_LARGE = "fixed_large"
+    # Analytic-DPM (service.diffusion.analytic): needs the model's Gamma table (`ddpm gamma`).
+    ANALYTIC = "analytic"
 
 
 class DiffusionConfigError(ValueError):

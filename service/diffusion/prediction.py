@@ -64,6 +64,8 @@ def model_log_variance(
         return torch.exp(log_variance), log_variance
     if variance_type is VarianceType.FIXED_LARGE:
         variance, log_variance = c.fixed_large_variance, c.fixed_large_log_variance
+    elif variance_type is VarianceType.ANALYTIC:
+        variance, log_variance = c.analytic_variance, c.analytic_log_variance
     else:
         variance, log_variance = c.posterior_variance, c.posterior_log_variance_clipped
     return per_row(variance, like).expand_as(like), per_row(log_variance, like).expand_as(like)

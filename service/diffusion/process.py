@@ -8,6 +8,7 @@ the reference's order of operations, so that the float32 coefficients equal the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -119,9 +120,14 @@ def spaced_process(config: DiffusionConfig, respacing: str | int | None = None) 
     (they always build a respaced process); this differs from the
     schedule's own betas (tests/golden.py base_process) in the last bits.
     """
+    return process_at(config, respaced_timesteps(config.num_timesteps, respacing))
+
+
+def process_at(config: DiffusionConfig, kept: Sequence[int]) -> SpacedProcess:
+    """The process that visits exactly the training steps `kept` (any strictly increasing subset of
+    0..T-1): how respacing builds its process, and how samplers with their own timestep choice do."""
     base = named_betas(config.noise_schedule, config.num_timesteps)
     base_alphas_cumprod = np.cumprod(1.0 - base, axis=0)
-    kept = respaced_timesteps(config.num_timesteps, respacing)
     kept_set = set(kept)
     new_betas = []
     last = 1.0
@@ -131,7 +137,7 @@ def spaced_process(config: DiffusionConfig, respacing: str | int | None = None) 
             last = alpha_cumprod
     return SpacedProcess(
         betas=np.array(new_betas, dtype=np.float64),
-        timestep_map=np.array(kept, dtype=np.int64),
+        timestep_map=np.array(sorted(kept_set), dtype=np.int64),
         original_num_steps=config.num_timesteps,
         rescale_timesteps=config.rescale_timesteps,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from service.diffusion.coefficients import coefficient_table, gather, stack_tables
@@ -39,17 +40,19 @@ def sample_rows(
     eta: torch.Tensor | float = 0.0,
     clip_denoised: bool = True,
     on_iteration: Callable[[int, torch.Tensor], None] | None = None,
+    gamma: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Sample every row of x_T with its own process (its own K); returns x_0 for all rows.
 
-    `sampler` is one name for every row or one per row. on_iteration(i, x) is called after each shared
-    iteration (progress bars, trajectories).
+    `sampler` is one name for every row or one per row; each row's process must be the one its
+    sampler's schedule gives for its K. on_iteration(i, x) is called after each shared iteration
+    (progress bars, trajectories). `gamma` (the model's Gamma_t) is needed for analytic variance only.
     """
     n = len(processes)
     names = [sampler] * n if isinstance(sampler, str) else list(sampler)
     samplers = [get_sampler(name) for name in names]
     unique = list({id(p): p for p in processes}.values())
-    table, offsets = stack_tables([coefficient_table(p, x_T.device) for p in unique])
+    table, offsets = stack_tables([coefficient_table(p, x_T.device, gamma) for p in unique])
     offset_of = {id(p): o for p, o in zip(unique, offsets, strict=True)}
     cursor = [p.num_timesteps - 1 for p in processes]
     draws = [0] * n

@@ -57,7 +57,7 @@ class EngineCore:
         self.name = name or str(self.device)
         self.observer: EngineObserver = observer or NullObserver()
         self.clock = clock
-        self.tables = StepTables(model.manifest.diffusion, settings.table_cache_size)
+        self.tables = StepTables(model.manifest.diffusion, settings.table_cache_size, model.gamma_per_step)
         num_slots = bucket_sizes(settings.max_batch, settings.buckets)[-1]
         self.scheduler = Scheduler(
             num_slots, settings.max_queue, run_to_completion=settings.run_to_completion, clock=clock
@@ -96,7 +96,11 @@ class EngineCore:
         """Validate a generation and queue its rows (all or none); results arrive through on_done, once
         per row. Raises InvalidRequest, QueueFull, EngineShuttingDown or EngineDead synchronously."""
         try:
-            num_steps = spec.validate(self.model.manifest, lambda steps: self.tables.get(steps).num_steps)
+            num_steps = spec.validate(
+                self.model.manifest,
+                lambda steps: self.tables.get(steps, str(spec.sampler)).num_steps,
+                has_gamma=self.model.gamma is not None,
+            )
             rows = [RowState(request, num_steps, on_done, on_progress) for request in spec.rows(group_id)]
             with self.lock:
                 if self.refusal is not None:

@@ -162,7 +162,7 @@ class Executor:
     def admit(self, rows: Sequence[RowState]) -> None:
         for row in rows:
             request = row.request
-            table = self.tables.get(request.steps)
+            table = self.tables.get(request.steps, request.sampler)
             self.slots.admit(row, table.table, request.variance or self.default_variance)
 
     def release(self, row: RowState) -> None:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from service.diffusion.config import VarianceType
-from service.diffusion.process import spaced_process
 from service.diffusion.respacing import RespacingError
-from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, Sampler
 from service.engine.errors import Cancelled, EngineError, InvalidRequest
 from service.engine.request import Request, RowResult
+from service.model.gamma_table import MAKE_COMMAND
 from service.model.manifest import ModelManifest
 
 MAX_SEED = 2**63 - 1  # per-image seeds are derived from 63 bits (service.diffusion.noise.image_seed)
@@ -39,11 +40,17 @@ class GenerationSpec:
     variance: VarianceType | None = None  # None: the model's own variance type
     timeout_seconds: float | None = None
 
-    def validate(self, manifest: ModelManifest, respace: Callable[[int | str], int] | None = None) -> int:
+    def validate(
+        self,
+        manifest: ModelManifest,
+        respace: Callable[[int | str], int] | None = None,
+        has_gamma: bool = False,
+    ) -> int:
         """Check every field against the model; returns K after respacing. Raises InvalidRequest.
 
-        `respace(steps)` gives K for a step budget (raising RespacingError); engines pass their cached
-        coefficient tables, the default builds the process."""
+        `respace(steps)` gives K for a step budget of this spec's sampler (raising RespacingError);
+        engines pass their cached coefficient tables, the default builds the sampler's process.
+        `has_gamma`: the model has its Gamma table (gamma.json), which variance=analytic needs."""
         if self.model != manifest.name:
             raise InvalidRequest(
                 f"no model named {self.model!r} here; this one is {manifest.name!r}", "model"
@@ -64,15 +71,15 @@ class GenerationSpec:
                 raise InvalidRequest(message, "eta")
             if not 0.0 <= self.eta <= 1.0:
                 raise InvalidRequest(f"eta must be between 0 and 1, got {self.eta}", "eta")
-        self._check_variance(manifest)
+        self._check_variance(manifest, has_gamma)
         if manifest.architecture.kind == "superres":
             message = "super-resolution models need a low-resolution input; sampling them is unsupported"
             raise InvalidRequest(message, "model")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise InvalidRequest(f"the timeout must be positive, got {self.timeout_seconds}", "timeout_ms")
-        return _num_steps(self.steps, manifest, respace)
+        return _num_steps(self.steps, manifest, respace or partial(_schedule_length, sampler, manifest))
 
-    def _check_variance(self, manifest: ModelManifest) -> None:
+    def _check_variance(self, manifest: ModelManifest, has_gamma: bool) -> None:
         if self.variance is None:
             return
         try:
@@ -84,6 +91,13 @@ class GenerationSpec:
             ) from None
         if variance is VarianceType.LEARNED_RANGE and not manifest.diffusion.learn_sigma:
             message = "this model has no learned variance: use fixed_small or fixed_large"
+            raise InvalidRequest(message, "variance")
+        if variance is VarianceType.ANALYTIC and not has_gamma:
+            message = (
+                f"variance=analytic needs model {manifest.name!r}'s Gamma table (gamma.json), which it "
+                f"does not have: make it with `{MAKE_COMMAND}`, or use learned_range, fixed_small or "
+                "fixed_large"
+            )
             raise InvalidRequest(message, "variance")
 
     def rows(self, group_id: str, arrival: float | None = None) -> list[Request]:
@@ -174,7 +188,11 @@ def _check_label(class_label: int | None, manifest: ModelManifest) -> None:
         raise InvalidRequest(message, "class_label")
 
 
-def _num_steps(steps: int | str, manifest: ModelManifest, respace: Callable[[int | str], int] | None) -> int:
+def _schedule_length(sampler: Sampler, manifest: ModelManifest, steps: int | str) -> int:
+    return sampler.schedule(manifest.diffusion, steps).num_timesteps
+
+
+def _num_steps(steps: int | str, manifest: ModelManifest, respace: Callable[[int | str], int]) -> int:
     T = manifest.diffusion.num_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int | str):
         raise InvalidRequest(f"steps must be an integer K or a respacing string, got {steps!r}", "steps")
@@ -185,8 +203,6 @@ def _num_steps(steps: int | str, manifest: ModelManifest, respace: Callable[[int
     if isinstance(steps, str) and not steps.strip():
         raise InvalidRequest("steps must not be empty", "steps")
     try:
-        if respace is not None:
-            return respace(steps)
-        return spaced_process(manifest.diffusion, steps).num_timesteps
+        return respace(steps)
     except RespacingError as e:
         raise InvalidRequest(f"steps: {e}", "steps") from None

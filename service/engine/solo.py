@@ -12,7 +12,8 @@ import torch
 
 from service.diffusion.config import VarianceType
 from service.diffusion.noise import RowGenerators, image_seed
-from service.diffusion.process import SpacedProcess, spaced_process
+from service.diffusion.process import SpacedProcess
+from service.diffusion.samplers import get_sampler
 from service.diffusion.sampling import sample_rows
 from service.engine.generation import GenerationSpec
 from service.model.store import LoadedModel
@@ -20,8 +21,8 @@ from service.model.store import LoadedModel
 
 def plan(model: LoadedModel, spec: GenerationSpec) -> SpacedProcess:
     """Validate the spec against the model and build its respaced process (raises InvalidRequest)."""
-    spec.validate(model.manifest)
-    return spaced_process(model.manifest.diffusion, spec.steps)
+    spec.validate(model.manifest, has_gamma=model.gamma is not None)
+    return get_sampler(spec.sampler).schedule(model.manifest.diffusion, spec.steps)
 
 
 @torch.no_grad()
@@ -65,4 +66,5 @@ def sample_batch(
         variance_type=variance,
         eta=eta,
         on_iteration=on_iteration,
+        gamma=model.gamma_per_step,
     )

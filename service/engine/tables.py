@@ -16,7 +16,7 @@ import numpy as np
 
 from service.diffusion.coefficients import coefficient_table
 from service.diffusion.config import DiffusionConfig
-from service.diffusion.process import spaced_process
+from service.diffusion.samplers import DEFAULT_SAMPLER, get_sampler
 
 
 @dataclass(frozen=True)
@@ -27,31 +27,37 @@ class StepTable:
 
 
 class StepTables:
-    """A thread-safe LRU of StepTable by `steps`. Running rows keep their own reference, so eviction
-    never pulls a table from under a row; the bound only limits what is kept for future requests."""
+    """A thread-safe LRU of StepTable by (the sampler's schedule, `steps`). Running rows keep their own
+    reference, so eviction never pulls a table from under a row; the bound only limits what is kept for
+    future requests. `gamma` (the model's Gamma_t table, if it has one) fills the analytic columns."""
 
-    def __init__(self, config: DiffusionConfig, capacity: int = 64) -> None:
+    def __init__(self, config: DiffusionConfig, capacity: int = 64, gamma: np.ndarray | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.config = config
         self.capacity = capacity
-        self._tables: OrderedDict[int | str, StepTable] = OrderedDict()
+        self.gamma = gamma
+        self._tables: OrderedDict[tuple[str, int | str], StepTable] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, steps: int | str) -> StepTable:
-        """The table of a step budget; raises RespacingError (a ValueError) for an impossible one."""
+    def get(self, steps: int | str, sampler: str = DEFAULT_SAMPLER) -> StepTable:
+        """The table of a step budget for a sampler; raises RespacingError (a ValueError) for an
+        impossible budget and UnknownSampler (a ValueError) for an unknown sampler."""
+        chosen = get_sampler(sampler)
+        key = (chosen.schedule_name, steps)
         with self._lock:
-            cached = self._tables.get(steps)
+            cached = self._tables.get(key)
             if cached is not None:
-                self._tables.move_to_end(steps)
+                self._tables.move_to_end(key)
                 return cached
         # Built outside the lock: T = 4000 takes about a millisecond, and two threads building the
         # same table at once only waste that.
-        process = spaced_process(self.config, steps)
-        table = StepTable(steps, process.num_timesteps, coefficient_table(process, "cpu").numpy())
+        process = chosen.schedule(self.config, steps)
+        coefficients = coefficient_table(process, "cpu", self.gamma).numpy()
+        table = StepTable(steps, process.num_timesteps, coefficients)
         with self._lock:
-            self._tables[steps] = table
-            self._tables.move_to_end(steps)
+            self._tables[key] = table
+            self._tables.move_to_end(key)
             while len(self._tables) > self.capacity:
                 self._tables.popitem(last=False)
         return table

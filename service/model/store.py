@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,7 @@ from service.model.checkpoint import (
 )
 from service.model.denoiser import EpsVDenoiser
 from service.model.factory import build_model
+from service.model.gamma_table import GammaTable, GammaTableError, read_gamma
 from service.model.manifest import WEIGHTS_FILE, ModelManifest, read_manifest, write_manifest
 from service.model.presets import Preset
 
@@ -33,6 +35,11 @@ class LoadedModel:
     net: nn.Module
     denoiser: Denoiser  # EpsVDenoiser when loaded; quality checks may swap in a wrapper
     path: Path
+    gamma: GammaTable | None = None  # gamma.json: what variance=analytic needs
+
+    @property
+    def gamma_per_step(self) -> np.ndarray | None:
+        return None if self.gamma is None else self.gamma.per_step()
 
     @property
     def name(self) -> str:
@@ -98,7 +105,12 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu") -> LoadedMod
     net = build_model(manifest.architecture)
     load_into(net, read_safetensors(model_dir / manifest.weights), where=str(model_dir / manifest.weights))
     net.eval().requires_grad_(False).to(device)
-    return LoadedModel(manifest=manifest, net=net, denoiser=eps_v_denoiser(manifest, net), path=model_dir)
+    try:
+        gamma = read_gamma(model_dir, manifest.diffusion.num_timesteps)
+    except GammaTableError as e:
+        raise ModelStoreError(str(e)) from None
+    denoiser = eps_v_denoiser(manifest, net)
+    return LoadedModel(manifest=manifest, net=net, denoiser=denoiser, path=model_dir, gamma=gamma)
 
 
 def eps_v_denoiser(manifest: ModelManifest, net: nn.Module) -> EpsVDenoiser:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from service.data.fashion_mnist import load_split, to_model_space
+from service.model.gamma_table import MAKE_COMMAND
 from service.model.store import LoadedModel
 from service.quality.classifier import FashionClassifier, read_info
 from service.quality.generate import generate
@@ -128,6 +129,9 @@ def calibrate(
     data_dir: str | None = None,
 ) -> Tradeoff:
     """Run the plan; points are merged into the model's existing table (same (sampler, K) replaced)."""
+    for name in plan.samplers:
+        if sampler_kind(name).needs_gamma and model.gamma is None:
+            raise ValueError(f"--samplers {name} needs the model's Gamma table: run `{MAKE_COMMAND}` first")
     test_images, test_labels = load_split("test", data_dir)
     real_images = to_model_space(test_images)
     real_features = extract_features(classifier, real_images)

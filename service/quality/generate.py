@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from service.diffusion.noise import image_seed
-from service.diffusion.process import spaced_process
+from service.diffusion.samplers import get_sampler
 from service.engine.solo import sample_batch
 from service.model.store import LoadedModel
 from service.quality.sampler_kinds import SamplerKind
@@ -35,7 +35,7 @@ def generate(
     """
     num_classes = model.manifest.num_classes
     labels = balanced_labels(count, num_classes) if num_classes else None
-    process = spaced_process(model.manifest.diffusion, steps)
+    process = get_sampler(kind.sampler).schedule(model.manifest.diffusion, steps)
     images = []
     started = time.perf_counter()
     for start in range(0, count, batch_size):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.quality.tradeoff import Tradeoff
+from service.quality.tradeoff import Tradeoff, TradeoffPoint
 from service.quality.variance_fit import StepFit
 
 
@@ -31,18 +31,26 @@ def save(fig: Any, out: Path) -> Path:
     return out
 
 
+def lines(tradeoff: Tradeoff) -> list[tuple[str, int, list[TradeoffPoint]]]:
+    """(variant, sample count, points by K): one line per variant and count. FID is biased by the sample
+    count, so a line that joined counts would rise or fall where the count changes, not the quality."""
+    keys = sorted({(p.sampler, p.num_samples) for p in tradeoff.points}, key=lambda key: (key[0], -key[1]))
+    return [
+        (sampler, n, sorted((p for p in tradeoff.points if (p.sampler, p.num_samples) == (sampler, n)),
+                            key=lambda p: p.steps))
+        for sampler, n in keys
+    ]  # fmt: skip
+
+
 def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
     fig, (ax_fid, ax_time) = subplots(1, 2, figsize=(11, 4.2))
-    for sampler in sorted({p.sampler for p in tradeoff.points}):
-        points = tradeoff.for_sampler(sampler)
+    for sampler, n, points in lines(tradeoff):
         ks = [p.steps for p in points]
-        counts = "/".join(str(n) for n in sorted({p.num_samples for p in points}, reverse=True))
-        # FID depends on the sample count: the legend says which counts a line mixes.
-        ax_fid.plot(ks, [p.fid for p in points], marker="o", label=f"{sampler} (n={counts})")
-        ax_time.plot(ks, [p.seconds_per_image * 1000 for p in points], marker="o", label=sampler)
+        ax_fid.plot(ks, [p.fid for p in points], marker="o", label=f"{sampler} (n={n})")
+        ax_time.plot(ks, [p.seconds_per_image * 1000 for p in points], marker="o", label=f"{sampler} (n={n})")
     styles = ("--", "-.", ":", (0, (1, 4)))
-    for (n, fid), style in zip(tradeoff.noise_floors.items(), styles, strict=False):
-        ax_fid.axhline(fid, color="grey", linestyle=style, label=f"real vs real (n={n})")
+    for (count, fid), style in zip(tradeoff.noise_floors.items(), styles, strict=False):
+        ax_fid.axhline(fid, color="grey", linestyle=style, label=f"real vs real (n={count})")
     for ax in (ax_fid, ax_time):
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps K")
@@ -54,6 +62,40 @@ def plot_tradeoff(tradeoff: Tradeoff, out: Path) -> Path:
     ax_time.set_yscale("log")
     ax_time.set_ylabel("ms per image (batched sampling)")
     ax_time.set_title(tradeoff.machine, fontsize=8)
+    return save(fig, out)
+
+
+def plot_frontier(tradeoff: Tradeoff, out: Path) -> Path:
+    """FID against ms per image, one line per variant at the table's largest sample count, and the
+    frontier the server chooses from (service.quality.tradeoff.Tradeoff.frontier) drawn over them."""
+    fig, ax = subplots(figsize=(7.5, 4.8))
+    count = max((p.num_samples for p in tradeoff.points), default=0)
+    for sampler, n, points in lines(tradeoff):
+        if n != count:
+            continue
+        ms = [p.seconds_per_image * 1000 for p in points]
+        ax.plot(ms, [p.fid for p in points], marker="o", label=sampler)
+        for p, x in zip(points, ms, strict=True):
+            ax.annotate(f"{p.steps}", (x, p.fid), fontsize=6, textcoords="offset points", xytext=(3, 3))
+    frontier = tradeoff.frontier()
+    ax.plot(
+        [p.seconds_per_image * 1000 for p in frontier],
+        [p.fid for p in frontier],
+        color="black",
+        linewidth=2.5,
+        alpha=0.35,
+        label="frontier (what budgets choose from)",
+    )
+    floor = tradeoff.noise_floors.get(str(count))
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle="--", label=f"real vs real (n={count})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ms per image (batched calibration sampling; labels: K)")
+    ax.set_ylabel("FID (classifier features, lower is better)")
+    ax.set_title(f"{tradeoff.model}: FID vs cost per sampler, {count} samples per point", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return save(fig, out)
 
 

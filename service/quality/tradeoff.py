@@ -68,8 +68,34 @@ class Tradeoff:
     def for_sampler(self, sampler: str) -> list[TradeoffPoint]:
         return [p for p in self.points if p.sampler == sampler]
 
+    def frontier(self, max_steps: int | None = None) -> list[TradeoffPoint]:
+        """The Pareto frontier of FID against cost, by increasing K: each point is better (lower FID)
+        than every point that costs as little or less.
+
+        Cost is K: every sampler spends one network call per step, and its own step math is a small,
+        sampler-independent share of an iteration (docs/performance.md), so latency is K x the step
+        time whatever the sampler (and K is exact where calibrated seconds_per_image is noisy). Only
+        points at the table's largest sample count are compared: FID is biased by the count, and a point
+        at 100 samples is no rival of one at 1,000. Ties at one K go to the lower FID. `max_steps`
+        leaves out points beyond a model's T.
+        """
+        count = max((p.num_samples for p in self.points), default=0)
+        rivals = [
+            p for p in self.points if p.num_samples == count and (max_steps is None or p.steps <= max_steps)
+        ]
+        best_at: dict[int, TradeoffPoint] = {}
+        for point in rivals:
+            if point.steps not in best_at or point.fid < best_at[point.steps].fid:
+                best_at[point.steps] = point
+        frontier: list[TradeoffPoint] = []
+        for steps in sorted(best_at):
+            if not frontier or best_at[steps].fid < frontier[-1].fid:
+                frontier.append(best_at[steps])
+        return frontier
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "points": [asdict(p) for p in self.points]}
+        frontier = [{"sampler": p.sampler, "steps": p.steps, "fid": p.fid} for p in self.frontier()]
+        return {**asdict(self), "points": [asdict(p) for p in self.points], "frontier": frontier}
 
 
 def read_tradeoff(model_dir: Path) -> Tradeoff | None:
@@ -80,6 +106,7 @@ def read_tradeoff(model_dir: Path) -> Tradeoff | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         points = [TradeoffPoint(**p) for p in data.pop("points")]
+        data.pop("frontier", None)  # written for readers; always recomputed from the points
         return Tradeoff(**data, points=points)
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise TradeoffError(f"{path}: not a valid trade-off table ({e})") from None

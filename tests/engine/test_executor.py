@@ -26,9 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def make_executor(model: LoadedModel, denoiser: Denoiser | None = None, **settings: object) -> Executor:
     settings = {"max_batch": 16, "warmup_iterations": 1, **settings}
-    executor = Executor(
-        model, EngineSettings(**settings), StepTables(model.manifest.diffusion), denoiser=denoiser
-    )
+    tables = StepTables(model.manifest.diffusion, gamma=model.gamma_per_step)  # as EngineCore builds them
+    executor = Executor(model, EngineSettings(**settings), tables, denoiser=denoiser)
     executor.warm_up()
     return executor
 
@@ -45,7 +44,7 @@ def row(
         seed=seed,
         **kw,  # type: ignore[arg-type]
     )
-    return RowState(request, tables.get(steps).num_steps)
+    return RowState(request, tables.get(steps, request.sampler).num_steps)
 
 
 def run(

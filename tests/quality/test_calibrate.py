@@ -88,7 +88,7 @@ def test_calibrate_writes_table_and_plot(fmnist_dirs: tuple[Path, Path], tmp_pat
         "--steps",
         "2",
         "--samplers",
-        "ddim",
+        "ddim,dpm++2m",
         "--num-samples",
         "10",
         "--plot",
@@ -96,11 +96,17 @@ def test_calibrate_writes_table_and_plot(fmnist_dirs: tuple[Path, Path], tmp_pat
     )
     assert result.returncode == 0, result.stderr
     table = read_tradeoff(model)
-    assert table is not None and len(table.points) == 5
+    assert table is not None and len(table.points) == 6
+    assert Image.open(tmp_path / "frontier.png").size[0] > 500
+    # Analytic variance needs the model's Gamma table; the error names the command that makes it.
+    result = ddpm(
+        "calibrate", "--model", str(model), "--classifier", str(classifier), "--samplers", "analytic"
+    )
+    assert result.returncode == 2 and "ddpm gamma" in result.stderr, result.stderr
     # Each sample count keeps its own real-vs-real floor: FID is only comparable at equal counts.
     assert list(table.noise_floors) == ["12", "10"] and table.real_vs_real_fid["num_samples"] == 10
     table_text = ddpm("tradeoff", "--model", str(model))
-    assert table_text.returncode == 0 and table_text.stdout.count("\n| ") == 6  # header + 5 points
+    assert table_text.returncode == 0 and table_text.stdout.count("\n| ") == 7  # header + 6 points
     assert "(train vs test, 10 images)" in table_text.stdout and "; 12 images:" in table_text.stdout
 
 
@@ -131,6 +137,25 @@ def test_tradeoff_round_trip_and_merge(tmp_path: Path) -> None:
     (tmp_path / "tradeoff.json").write_text(json.dumps({"model": 1}))
     with pytest.raises(ValueError, match="not a valid trade-off table"):
         read_tradeoff(tmp_path)
+
+
+def test_the_frontier_keeps_each_point_better_than_every_cheaper_one() -> None:
+    """FID against K across variants, at the table's largest sample count only (FID is biased by it)."""
+
+    def point(kind: str, k: int, fid: float, n: int = 500) -> TradeoffPoint:
+        return TradeoffPoint(kind, k, n, fid, 0.5, 0.5, None, 0.01 * k)
+
+    table = Tradeoff("m", "cpu", "f", "r", points=[
+        point("ddpm", 10, 13.0), point("ddpm", 50, 3.0), point("ddpm", 100, 2.0),
+        point("dpm++2m", 10, 4.0), point("dpm++2m", 25, 3.5), point("dpm++2m", 50, 3.2),
+        point("analytic", 25, 2.5), point("analytic", 50, 2.5),  # no better than its cheaper self
+        point("ddim", 5, 0.5, n=100),  # another count: not a rival
+    ])  # fmt: skip
+    assert [(p.sampler, p.steps) for p in table.frontier()] == [
+        ("dpm++2m", 10), ("analytic", 25), ("ddpm", 100),
+    ]  # fmt: skip
+    assert [(p.sampler, p.steps) for p in table.frontier(max_steps=50)] == [("dpm++2m", 10), ("analytic", 25)]
+    assert Tradeoff("m", "cpu", "f", "r").frontier() == []
 
 
 def test_a_table_from_before_noise_floors_reads_its_one_floor(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ engine's mixed batches, calibration and metric labels all read this registry.
 
 from __future__ import annotations
 
-from service.diffusion.samplers import ddim, ddpm
+from service.diffusion.samplers import ddim, ddpm, dpm_solver
 from service.diffusion.samplers.base import RowOptions, RowState, Sampler, StepOutput
 
 SAMPLERS: dict[str, Sampler] = {
@@ -15,6 +15,7 @@ SAMPLERS: dict[str, Sampler] = {
     for s in (
         ddpm.SAMPLER,
         ddim.SAMPLER,
+        dpm_solver.SAMPLER,
     )
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)

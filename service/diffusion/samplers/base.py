@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 
 from service.diffusion.coefficients import RowCoefficients
-from service.diffusion.config import VarianceType
+from service.diffusion.config import DiffusionConfig, VarianceType
+from service.diffusion.process import SpacedProcess, spaced_process
 
 RowState = Mapping[str, torch.Tensor]  # per-row tensors a sampler carries between steps, [B, ...] each
 
@@ -42,6 +43,9 @@ StepFn = Callable[
 ]
 """step(x_t, eps, v, c, noise, options, state) -> StepOutput: one reverse step of every row."""
 
+Schedule = Callable[[DiffusionConfig, "int | str"], SpacedProcess]
+"""schedule(config, steps) -> the process of K steps the sampler runs (raises RespacingError)."""
+
 
 @dataclass(frozen=True)
 class Sampler:
@@ -51,3 +55,7 @@ class Sampler:
     uses_eta: bool = False  # the request's eta means something to this sampler
     uses_variance: bool = False  # the request's variance type (learned / fixed-small / fixed-large) does
     state: tuple[str, ...] = field(default=())  # per-row tensors (shaped like x) kept between steps
+    # Which training steps K steps visit: the paper's respacing unless the sampler has its own choice.
+    # Tables are cached per (schedule_name, steps), so samplers with one schedule share them.
+    schedule: Schedule = spaced_process
+    schedule_name: str = "respaced"
