@@ -99,5 +99,5 @@ def _count_failure(metrics: Metrics, request: Request, error: errors.ApiError) -
         return
     # The route sets the labels once it knows the model and K; earlier failures have neither (an
     # unknown model name from a client must not become a label value).
-    model, k = getattr(request.state, "metric_labels", ("unknown", "none"))
-    metrics.count_request(model, k, error.code)
+    model, k, sampler = getattr(request.state, "metric_labels", ("unknown", "none", "none"))
+    metrics.count_request(model, k, sampler, error.code)

@@ -54,12 +54,17 @@ class Metrics:
         self.trackers: dict[str, LatencyTracker] = {}
         r = self.registry
         self.requests = Counter(
-            "ddpm_requests_total", "Generate requests by outcome", ["model", "k", "status"], registry=r
+            "ddpm_requests_total",
+            "Generate requests by outcome",
+            ["model", "k", "sampler", "status"],
+            registry=r,
         )
+        # `sampler` is the variant run (service.quality.sampler_kinds: ddpm, fixed-small, analytic,
+        # ddim, dpm++2m, ...): a fixed set, bounded like the K labels.
         self.request_seconds = Histogram(
             "ddpm_request_duration_seconds",
             "End-to-end latency of successful generate requests",
-            ["model", "k"],
+            ["model", "k", "sampler"],
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
@@ -165,10 +170,12 @@ class Metrics:
         """Queue depth, in-flight rows and memory are read from the backend at scrape time."""
         self.registry.register(BackendCollector(backend))
 
-    def count_request(self, model: str, k: str, status: str, seconds: float | None = None) -> None:
-        self.requests.labels(model, k, status).inc()
+    def count_request(
+        self, model: str, k: str, sampler: str, status: str, seconds: float | None = None
+    ) -> None:
+        self.requests.labels(model, k, sampler, status).inc()
         if seconds is not None:
-            self.request_seconds.labels(model, k).observe(seconds)
+            self.request_seconds.labels(model, k, sampler).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,22 +5,26 @@ InvalidRequest names the field; the API only maps it to HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
 from service.api.context import AppContext
 from service.api.errors import ApiError, invalid
-from service.api.schemas import GenerateRequest
+from service.api.schemas import AUTO_SAMPLER, GenerateRequest, SamplerMode, SelectionMode
 from service.api.selection import (
     LatencyPredictor,
     StepChoice,
+    choose_auto,
     choose_for_fid,
     choose_for_latency,
     least_loaded,
     point_at,
     require_calibrated,
+    require_frontier,
 )
-from service.backends.base import GenerationSpec, ModelInfo
+from service.backends.base import DEFAULT_SAMPLER, GenerationSpec, ModelInfo
+from service.quality.sampler_kinds import kind_name, sampler_kind
 from service.quality.tradeoff import TradeoffPoint
 
 SERVER_SEED_BITS = 32  # server-chosen seeds stay exact in JSON clients that read numbers as doubles
@@ -57,6 +61,7 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         context.metrics.tracker(info.name), least_loaded(context.backend.loads(), info.name), body.num_images
     )
     choice = choose_steps(body, info, context, predictor)
+    kind = sampler_kind(choice.kind or DEFAULT_SAMPLER)
     seed = body.seed if body.seed is not None else secrets.randbits(SERVER_SEED_BITS)
     spec = GenerationSpec(
         model=info.name,
@@ -64,11 +69,12 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         steps=choice.steps,
         num_images=body.num_images,
         seed=seed,
-        sampler=body.sampler,
+        sampler=kind.sampler,
         eta=body.eta,
+        variance=kind.request_variance,
         timeout_seconds=timeout_ms / 1000,
     )
-    quality = point_at(info, body.sampler, choice.steps)
+    quality = point_at(info, kind.name, choice.steps)
     return Plan(info, spec, choice, body.seed is None, quality, predictor.base(choice.steps))
 
 
@@ -83,11 +89,46 @@ def find_model(context: AppContext, name: str | None, field: str = "model") -> M
 def choose_steps(
     body: GenerateRequest, info: ModelInfo, context: AppContext, predict: LatencyPredictor
 ) -> StepChoice:
-    if body.steps is not None:
-        return StepChoice(body.steps, "steps")  # K <= T is checked by the engine with the model
+    """K and the sampler variant: what the request names, else chosen (see service.api.selection)."""
+    named = requested_kind(body)
+    if body.steps is not None or (body.max_fid is None and body.latency_budget_ms is None):
+        steps = (
+            body.steps if body.steps is not None else min(context.settings.default_steps, info.num_timesteps)
+        )
+        mode: SelectionMode = "steps" if body.steps is not None else "default"
+        if body.sampler == AUTO_SAMPLER:
+            return dataclasses.replace(choose_auto(info, steps), mode=mode)
+        if named is not None:
+            return StepChoice(steps, mode, kind=named, reason=f"sampler {named} named by the request")
+        reason = f"no sampler named: {DEFAULT_SAMPLER} with the model's own variance (the paper's method)"
+        return StepChoice(steps, mode, kind=DEFAULT_SAMPLER, sampler_mode="default", reason=reason)
+    field = "max_fid" if body.max_fid is not None else "latency_budget_ms"
+    sampler_mode: SamplerMode = "request" if named is not None else "frontier"
+    # No sampler named (or auto): the frontier across every calibrated variant.
+    points = require_calibrated(info, named, field) if named is not None else require_frontier(info, field)
     if body.max_fid is not None:
-        return choose_for_fid(require_calibrated(info, body.sampler, "max_fid"), body.max_fid)
-    if body.latency_budget_ms is not None:
-        points = require_calibrated(info, body.sampler, "latency_budget_ms")
-        return choose_for_latency(points, body.latency_budget_ms / 1000, predict)
-    return StepChoice(min(context.settings.default_steps, info.num_timesteps), "default")
+        choice = choose_for_fid(points, body.max_fid)
+    else:
+        assert body.latency_budget_ms is not None
+        choice = choose_for_latency(points, body.latency_budget_ms / 1000, predict)
+    return dataclasses.replace(choice, sampler_mode=sampler_mode)
+
+
+def requested_kind(body: GenerateRequest) -> str | None:
+    """The sampler variant the request names (sampler and/or variance), None when it names none."""
+    if body.sampler == AUTO_SAMPLER:
+        if body.variance is not None:
+            raise invalid(
+                "variance", "sampler auto chooses the variance too: omit variance, or name the sampler"
+            )
+        if body.eta is not None:
+            raise invalid("eta", "sampler auto chooses the sampler: omit eta, or set sampler to ddim")
+        return None
+    if body.sampler is None and body.variance is None:
+        if body.eta is not None:
+            raise invalid("eta", "eta applies to sampler 'ddim' only: set sampler to 'ddim', or remove eta")
+        return None
+    sampler = body.sampler or DEFAULT_SAMPLER
+    if body.variance is not None and sampler != DEFAULT_SAMPLER:
+        raise invalid("variance", f"variance applies to sampler {DEFAULT_SAMPLER!r} only; remove it")
+    return kind_name(sampler, body.variance)

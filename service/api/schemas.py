@@ -13,9 +13,18 @@ from pydantic_core import PydanticCustomError
 
 from service.backends.base import DEFAULT_SAMPLER, MAX_SEED, SAMPLER_NAMES, SAMPLERS
 
-# The registry's names as the request's enum (a Literal built at import: every registered sampler).
-SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
-SAMPLER_HELP = "; ".join(f"{s.name}: {s.description}" for s in SAMPLERS.values())
+# The registry's names as the request's enum (a Literal built at import: every registered sampler),
+# and "auto": the best calibrated sampler for the request's K.
+AUTO_SAMPLER = "auto"
+SamplerName = Literal[(*SAMPLER_NAMES, AUTO_SAMPLER)]  # type: ignore[valid-type]
+SAMPLER_HELP = (
+    "; ".join(f"{s.name}: {s.description}" for s in SAMPLERS.values())
+    + f"; {AUTO_SAMPLER}: the calibrated sampler with the best FID at this K. Omitted: with steps (or "
+    f"nothing) {DEFAULT_SAMPLER} with the model's own variance, the paper's method; with "
+    "latency_budget_ms or max_fid the (sampler, K) pair is chosen from the model's calibrated "
+    "quality/latency frontier"
+)
+VarianceName = Literal["learned_range", "fixed_small", "fixed_large", "analytic"]
 STEP_CHOOSERS = ("steps", "latency_budget_ms", "max_fid")
 
 
@@ -28,6 +37,8 @@ class GenerateRequest(BaseModel):
                 {"class_label": 3, "latency_budget_ms": 500, "response_format": "json"},
                 {"class_label": 0, "max_fid": 20, "num_images": 4, "response_format": "json"},
                 {"class_label": 5, "steps": 100, "sampler": "ddim", "eta": 0.0, "stream": True},
+                {"class_label": 2, "steps": 10, "sampler": "dpm++2m"},
+                {"class_label": 4, "steps": 25, "sampler": "ddpm", "variance": "analytic"},
             ]
         },
     )
@@ -58,7 +69,13 @@ class GenerateRequest(BaseModel):
         strict=True,
         description="The server picks the smallest calibrated K whose measured FID is at most this.",
     )
-    sampler: SamplerName = Field(DEFAULT_SAMPLER, description=SAMPLER_HELP + ".")
+    sampler: SamplerName | None = Field(None, description=SAMPLER_HELP + ".")
+    variance: VarianceName | None = Field(
+        None,
+        description="How ddpm's reverse variance is obtained: learned_range (the model's learned "
+        "Sigma), fixed_small, fixed_large, or analytic (Analytic-DPM; models with a Gamma table). "
+        "Omitted: the model's own. ddpm only.",
+    )
     eta: float | None = Field(
         None, ge=0, le=1, allow_inf_nan=False, strict=True, description="DDIM noise scale (ddim only)."
     )
@@ -118,10 +135,17 @@ class CalibratedQuality(BaseModel):
 
 
 SelectionMode = Literal["steps", "latency_budget", "max_fid", "default"]
+SamplerMode = Literal["request", "default", "frontier", "auto"]
 
 
 class Selection(BaseModel):
     mode: SelectionMode = Field(description="How K was chosen.")
+    sampler_mode: SamplerMode = Field(
+        description="How the sampler was chosen: named by the request, the default (ddpm with the "
+        "model's variance), from the calibrated frontier (latency_budget_ms / max_fid without a "
+        "sampler), or auto (the best calibrated sampler at this K)."
+    )
+    reason: str = Field(description="Why this (sampler, K), in words.")
     predicted_latency_ms: float | None = Field(None, description="For latency_budget: the prediction.")
     candidates: list[int] = Field(default_factory=list, description="The calibrated K values considered.")
 
@@ -130,6 +154,7 @@ class GenerateResponse(BaseModel):
     model: str
     steps: int = Field(description="K actually used.")
     sampler: str
+    variance: str | None = Field(description="ddpm's variance type as run; null for other samplers.")
     eta: float
     class_label: int | None
     seed: int
@@ -158,6 +183,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class FrontierPoint(BaseModel):
+    sampler: str
+    steps: int
+    fid: float
+
+
 class ModelCard(BaseModel):
     name: str
     image_size: int
@@ -167,10 +198,16 @@ class ModelCard(BaseModel):
     num_timesteps: int = Field(description="T: the largest K.")
     learn_sigma: bool
     samplers: list[str]
+    variances: list[str] = Field(description="ddpm's variance types this model runs.")
     default_steps: int
     max_num_images: int
     calibrated_steps: dict[str, list[int]] = Field(
-        description="Per sampler, the K values with measured quality (the set latency/FID targets pick from)."
+        description="Per sampler variant (ddpm, fixed-small, analytic, ddim, dpm++2m, ...), the K values "
+        "with measured quality (the set latency/FID targets pick from when the request names that sampler)."
+    )
+    frontier: list[FrontierPoint] = Field(
+        description="The calibrated FID-vs-K frontier, by increasing K: what latency_budget_ms and max_fid "
+        "choose from when the request names no sampler."
     )
 
 
@@ -186,7 +223,8 @@ class LatencyStats(BaseModel):
 
 
 class TradeoffRow(BaseModel):
-    sampler: str
+    sampler: str = Field(description="The sampler variant: a registry name, or ddpm's variance variant.")
+    request: dict[str, str] = Field(description="The request fields that run it, e.g. sampler, variance.")
     steps: int
     num_samples: int
     fid: float
@@ -195,6 +233,9 @@ class TradeoffRow(BaseModel):
     class_accuracy: float | None
     bpd: float | None
     seconds_per_image: float = Field(description="Calibration throughput (batched), not request latency.")
+    on_frontier: bool = Field(
+        description="On the FID-vs-K Pareto frontier that latency_budget_ms / max_fid choose from."
+    )
     live_latency: LatencyStats | None = Field(description="End-to-end latency per image, measured live.")
 
 

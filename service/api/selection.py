@@ -1,14 +1,21 @@
-"""Choosing K for a request that gives a latency budget or a quality target instead of K.
+"""Choosing (sampler, K) for a request that gives a latency budget or a quality target instead of K, or
+asks for sampler "auto".
 
 Rules (shown to users in the OpenAPI docs and in errors):
-- The candidates are the model's calibrated set: the K values of tradeoff.json points of the request's
-  sampler ("ddpm" or "ddim"; DDIM points are measured at eta = 0), K <= T. A model without such points
-  answers 422 `model_uncalibrated` for both targets: a guess at quality would be worse than no answer,
-  and latency selection ranges over the same set so that both targets pick from K values with known
-  quality.
+- The candidates are the model's calibrated set. A request that names a sampler (and, for ddpm, a
+  variance) chooses among that variant's tradeoff.json points (DDIM points are measured at eta = 0);
+  one that names none chooses among the points of the calibrated frontier: FID against K, each point
+  better than every cheaper one, across all variants (service.quality.tradeoff.Tradeoff.frontier).
+  K <= T, and variants the model cannot run (analytic variance without gamma.json) are left out. A model
+  without such points answers 422 `model_uncalibrated` for both targets: a guess at quality would be
+  worse than no answer, and latency selection ranges over the same set so that both targets pick from
+  points with known quality.
 - max_fid: the smallest calibrated K whose FID is at most the target (the cheapest K good enough).
 - latency_budget_ms: the largest calibrated K whose predicted latency fits the budget (the best quality
-  affordable now). Predicted latency = expected queue wait + K x seconds per iteration, where the
+  affordable now; on the frontier, larger K means lower FID).
+- sampler "auto" with steps (or the default K): the variant with the best FID at the calibrated K
+  nearest to the request's (in log K), at the table's largest sample count.
+- Predicted latency = expected queue wait + K x seconds per iteration (whatever the sampler), where the
   iteration time is a moving average measured live at the batch bucket the request would join (current
   in-flight and queued rows plus its own), and the queue wait is zero when free slots hold the request,
   else the moving average of recent rows' waits. Before any live iteration has been measured it falls
@@ -20,13 +27,16 @@ Rules (shown to users in the OpenAPI docs and in errors):
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.api.errors import ApiError
 from service.api.latency import LatencyTracker
-from service.api.schemas import SelectionMode
+from service.api.schemas import SamplerMode, SelectionMode
 from service.backends.base import EngineLoad, ModelInfo
+from service.quality.sampler_kinds import SAMPLER_KINDS
 from service.quality.tradeoff import TradeoffPoint
 
 
@@ -36,14 +46,66 @@ class StepChoice:
     mode: SelectionMode
     predicted_seconds: float | None = None
     candidates: tuple[int, ...] = ()
+    kind: str | None = None  # the sampler variant (tradeoff.json's `sampler`); None: the request's own
+    sampler_mode: SamplerMode = "request"
+    reason: str = ""
+
+
+def runnable(info: ModelInfo, kind: str) -> bool:
+    """A variant this model can run: known to this server, and analytic only with a Gamma table."""
+    found = SAMPLER_KINDS.get(kind)
+    return found is not None and (info.has_gamma or not found.needs_gamma)
 
 
 def calibrated_points(info: ModelInfo, sampler: str) -> list[TradeoffPoint]:
-    """The model's calibrated points for a sampler, one per K, by increasing K."""
-    if info.tradeoff is None:
+    """The model's calibrated points for a sampler variant, one per K, by increasing K."""
+    if info.tradeoff is None or not runnable(info, sampler):
         return []
     by_steps = {p.steps: p for p in info.tradeoff.for_sampler(sampler) if 1 <= p.steps <= info.num_timesteps}
     return [by_steps[k] for k in sorted(by_steps)]
+
+
+def frontier_points(info: ModelInfo) -> list[TradeoffPoint]:
+    """The frontier over the variants this model can run, by increasing K (decreasing FID)."""
+    if info.tradeoff is None:
+        return []
+    table = info.tradeoff
+    mine = dataclasses.replace(table, points=[p for p in table.points if runnable(info, p.sampler)])
+    return mine.frontier(info.num_timesteps)
+
+
+def require_frontier(info: ModelInfo, field: str) -> list[TradeoffPoint]:
+    points = frontier_points(info)
+    if not points:
+        raise ApiError(
+            422,
+            "model_uncalibrated",
+            f"{field}: model {info.name!r} has no calibrated points (tradeoff.json), so (sampler, K) "
+            "cannot be chosen for a target; give steps instead, or run `ddpm calibrate` on the model",
+            field,
+        )
+    return points
+
+
+def choose_auto(info: ModelInfo, steps: int, field: str = "sampler") -> StepChoice:
+    """The variant with the best FID at the calibrated K nearest to `steps` (ties: the smaller K)."""
+    table = info.tradeoff
+    points = [] if table is None else [p for p in table.points if runnable(info, p.sampler)]
+    if not points:
+        raise ApiError(
+            422,
+            "model_uncalibrated",
+            f"{field}: sampler auto picks the best calibrated sampler, and model {info.name!r} has no "
+            "calibrated points (tradeoff.json); name a sampler, or run `ddpm calibrate` on the model",
+            field,
+        )
+    count = max(p.num_samples for p in points)
+    points = [p for p in points if p.num_samples == count]
+    nearest = min({p.steps for p in points}, key=lambda k: (abs(math.log(k / steps)), k))
+    best = min((p for p in points if p.steps == nearest), key=lambda p: p.fid)
+    where = f"K={nearest}" if nearest == steps else f"K={nearest}, the calibrated K nearest to {steps}"
+    reason = f"auto: {best.sampler} has the best calibrated FID at {where} ({best.fid:.2f}, {count} samples)"
+    return StepChoice(steps, "steps", kind=best.sampler, sampler_mode="auto", reason=reason)
 
 
 def point_at(info: ModelInfo, sampler: str, steps: int) -> TradeoffPoint | None:
@@ -75,7 +137,12 @@ def choose_for_fid(points: list[TradeoffPoint], max_fid: float) -> StepChoice:
             f"K={best.steps}",
             "max_fid",
         )
-    return StepChoice(good[0].steps, "max_fid", candidates=candidates)
+    chosen = good[0]
+    reason = (
+        f"{chosen.sampler} K={chosen.steps} is the cheapest calibrated point with FID <= {max_fid:g} "
+        f"(FID {chosen.fid:.2f}, {chosen.num_samples} samples)"
+    )
+    return StepChoice(chosen.steps, "max_fid", candidates=candidates, kind=chosen.sampler, reason=reason)
 
 
 def choose_for_latency(
@@ -94,8 +161,20 @@ def choose_for_latency(
             f"{seconds * 1000:.0f} ms",
             "latency_budget_ms",
         )
-    seconds, chosen = max(fitting, key=lambda item: item[1].steps)
-    return StepChoice(chosen.steps, "latency_budget", predicted_seconds=seconds, candidates=candidates)
+    seconds, chosen = max(fitting, key=lambda item: (item[1].steps, -item[1].fid))
+    reason = (
+        f"{chosen.sampler} K={chosen.steps} is the best calibrated point (FID {chosen.fid:.2f}, "
+        f"{chosen.num_samples} samples) predicted to finish within {budget_seconds * 1000:g} ms "
+        f"(predicted {seconds * 1000:.0f} ms under the current load)"
+    )
+    return StepChoice(
+        chosen.steps,
+        "latency_budget",
+        predicted_seconds=seconds,
+        candidates=candidates,
+        kind=chosen.sampler,
+        reason=reason,
+    )
 
 
 class LatencyPredictor:

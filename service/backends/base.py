@@ -81,6 +81,7 @@ class ModelInfo:
     learn_sigma: bool
     tradeoff: Tradeoff | None  # calibrated quality per (sampler, K); None when uncalibrated
     manifest: ModelManifest  # what GenerationSpec.validate checks a request against
+    has_gamma: bool = False  # gamma.json present: variance=analytic can run
 
 
 @dataclass(frozen=True)

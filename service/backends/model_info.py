@@ -1,11 +1,12 @@
-"""What a gateway knows of a model without loading it: ModelInfo from its folder's model.json and
-tradeoff.json. Both backends use it; on Triton the weights stay on the workers."""
+"""What a gateway knows of a model without loading it: ModelInfo from its folder's model.json,
+tradeoff.json and gamma.json. Both backends use it; on Triton the weights stay on the workers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from service.backends.base import BackendStartupError, ModelInfo
+from service.model.gamma_table import read_gamma
 from service.model.manifest import read_manifest
 from service.quality.tradeoff import read_tradeoff
 
@@ -19,6 +20,7 @@ def model_info(model_dir: Path) -> ModelInfo:
     try:
         manifest = read_manifest(model_dir)
         tradeoff = read_tradeoff(model_dir)
+        gamma = read_gamma(model_dir, manifest.diffusion.num_timesteps)
     except (ValueError, OSError) as e:
         raise BackendStartupError(f"{model_dir}: {e}") from e
     return ModelInfo(
@@ -31,4 +33,5 @@ def model_info(model_dir: Path) -> ModelInfo:
         learn_sigma=manifest.diffusion.learn_sigma,
         tradeoff=tradeoff,
         manifest=manifest,
+        has_gamma=gamma is not None,
     )

@@ -139,7 +139,7 @@ def test_full_queue_answers_429_with_retry_after(model_dirs: ModelDirs) -> None:
             pool.cancel("fill-running")
             pool.cancel("fill-queued")
         metrics = client.get("/metrics").text
-        assert 'ddpm_requests_total{k="le_10",model="tiny",status="queue_full"} 1.0' in metrics
+        assert 'ddpm_requests_total{k="le_10",model="tiny",sampler="ddpm",status="queue_full"} 1.0' in metrics
 
 
 def test_deadline_answers_504(client: TestClient) -> None:

@@ -117,11 +117,10 @@ def test_max_fid_picks_smallest_good_enough_k(client: TestClient) -> None:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["steps"] == expected, max_fid
-        assert body["selection"] == {
-            "mode": "max_fid",
-            "predicted_latency_ms": None,
-            "candidates": [5, 10, 20],
-        }
+        selection = body["selection"]
+        assert (selection["mode"], selection["sampler_mode"]) == ("max_fid", "frontier")
+        assert selection["predicted_latency_ms"] is None and selection["candidates"] == [5, 10, 20]
+        assert f"K={expected} is the cheapest calibrated point" in selection["reason"]
         assert body["quality"]["fid"] <= max_fid
 
 

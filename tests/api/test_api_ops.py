@@ -35,13 +35,18 @@ METRIC_NAMES = (
 )
 
 
+# The fixture's table: ddpm at K = 5, 10, 20 and ddim at K = 10 with a worse FID than ddpm's there.
+FRONTIER = [("ddpm", 5), ("ddpm", 10), ("ddpm", 20)]
+
+
 def test_models_lists_both_with_calibrated_sets(client: TestClient) -> None:
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert list(models) == ["tiny", "tiny-raw"]
     tiny = models["tiny"]
     assert tiny["num_timesteps"] == 1000 and tiny["num_classes"] == 10 and tiny["image_size"] == 16
     assert tiny["calibrated_steps"] == {"ddpm": [5, 10, 20], "ddim": [10]}
-    assert models["tiny-raw"]["calibrated_steps"] == {"ddpm": [], "ddim": []}
+    assert [(p["sampler"], p["steps"]) for p in tiny["frontier"]] == FRONTIER
+    assert models["tiny-raw"]["calibrated_steps"] == {} and models["tiny-raw"]["frontier"] == []
     assert client.get("/v1/models/tiny-raw").json()["name"] == "tiny-raw"
 
 
@@ -69,9 +74,9 @@ def test_metrics_exposes_the_ddpm_names(client: TestClient) -> None:
     assert not missing
     # K=3 is neither configured nor calibrated: bucketed. A body refused before the model and K are known
     # has neither; the engine's refusal of a label comes after both are, and is counted under them.
-    assert 'ddpm_requests_total{k="le_10",model="tiny",status="ok"}' in text
-    assert 'ddpm_requests_total{k="le_10",model="tiny",status="invalid_request"}' in text
-    assert 'ddpm_requests_total{k="none",model="unknown",status="invalid_request"}' in text
+    assert 'ddpm_requests_total{k="le_10",model="tiny",sampler="ddpm",status="ok"}' in text
+    assert 'ddpm_requests_total{k="le_10",model="tiny",sampler="ddpm",status="invalid_request"}' in text
+    assert 'ddpm_requests_total{k="none",model="unknown",sampler="none",status="invalid_request"}' in text
     assert 'ddpm_calibrated_fid{k="20",model="tiny",sampler="ddpm"} 12.0' in text
 
 

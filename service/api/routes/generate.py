@@ -28,8 +28,9 @@ from service.api.schemas import (
     Selection,
     Timings,
 )
-from service.backends.base import Generation, GenerationResult
+from service.backends.base import SAMPLERS, Generation, GenerationResult
 from service.images import grid, png_bytes
+from service.quality.sampler_kinds import kind_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generate"])
@@ -57,7 +58,7 @@ async def generate(body: GenerateRequest, request: Request, context: Context) ->
     """Generate images of a class with K reverse steps, chosen by the caller or from a target."""
     started = time.perf_counter()
     plan = plan_generation(body, context)
-    labels = (plan.info.name, context.metrics.k_label(plan.steps))
+    labels = _metric_labels(plan, context)
     request.state.metric_labels = labels  # failures are counted by the error handlers
     generation = context.backend.submit(plan.spec, progress=body.stream)
     if body.stream:
@@ -99,8 +100,14 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+def _metric_labels(plan: Plan, context: AppContext) -> tuple[str, str, str]:
+    """(model, K label, sampler variant) of a request's metrics."""
+    kind = kind_name(plan.spec.sampler, plan.spec.variance)
+    return plan.info.name, context.metrics.k_label(plan.steps), kind
+
+
 def _event_stream(generation: Generation, plan: Plan, context: AppContext, started: float) -> Response:
-    labels = (plan.info.name, context.metrics.k_label(plan.steps))
+    labels = _metric_labels(plan, context)
 
     async def events() -> AsyncIterator[bytes]:
         status = "cancelled"  # unless the stream ends on its own: a client that left closes it early
@@ -157,6 +164,7 @@ async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
         model=spec.model,
         steps=plan.steps,
         sampler=spec.sampler,
+        variance=_variance(plan),
         eta=spec.eta or 0.0,
         class_label=spec.class_label,
         seed=spec.seed,
@@ -166,7 +174,11 @@ async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
         timings=_timings(result),
         quality=None if point is None else CalibratedQuality.model_validate(point, from_attributes=True),
         selection=Selection(
-            mode=choice.mode, predicted_latency_ms=predicted, candidates=list(choice.candidates)
+            mode=choice.mode,
+            sampler_mode=choice.sampler_mode,
+            reason=choice.reason,
+            predicted_latency_ms=predicted,
+            candidates=list(choice.candidates),
         ),
     )
 
@@ -182,15 +194,28 @@ def _png(images: list[np.ndarray]) -> bytes:
     return png_bytes(images[0] if len(images) == 1 else grid(np.stack(images)))
 
 
+def _variance(plan: Plan) -> str | None:
+    """ddpm's variance type as run (the model's own when the request named none); None otherwise."""
+    spec = plan.spec
+    if not SAMPLERS[spec.sampler].uses_variance:
+        return None
+    return str(spec.variance or plan.info.manifest.diffusion.variance_type)
+
+
 def _choice_headers(plan: Plan) -> dict[str, str]:
     spec = plan.spec
-    return {
+    headers = {
         "X-Model": spec.model,
         "X-Steps": str(plan.steps),
         "X-Seed": str(spec.seed),
         "X-Sampler": spec.sampler,
+        "X-Sampler-Choice": plan.choice.sampler_mode,
         "X-Num-Images": str(spec.num_images),
     }
+    variance = _variance(plan)
+    if variance is not None:
+        headers["X-Variance"] = variance
+    return headers
 
 
 def _png_headers(result: GenerationResult, plan: Plan) -> dict[str, str]:

@@ -12,14 +12,17 @@ from service.api.latency import Percentiles
 from service.api.planning import find_model
 from service.api.schemas import (
     ErrorResponse,
+    FrontierPoint,
     LatencyStats,
     ModelCard,
     ModelList,
     TradeoffResponse,
     TradeoffRow,
 )
-from service.api.selection import calibrated_points
+from service.api.selection import calibrated_points, frontier_points
 from service.backends.base import SAMPLER_NAMES, ModelInfo
+from service.diffusion.config import VarianceType
+from service.quality.sampler_kinds import KIND_NAMES, SAMPLER_KINDS
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown model"}}
@@ -43,9 +46,12 @@ async def get_tradeoff(name: str, context: Context) -> TradeoffResponse:
     live = {label: _stats(p) for label, p in context.metrics.tracker(info.name).percentiles().items()}
     table = info.tradeoff
     points = [] if table is None else sorted(table.points, key=lambda p: (p.sampler, p.steps))
+    frontier = {(p.sampler, p.steps) for p in frontier_points(info)}
     rows = [
         TradeoffRow(
             **{k: v for k, v in asdict(p).items() if k in TradeoffRow.model_fields},
+            request=_request_fields(p.sampler),
+            on_frontier=(p.sampler, p.steps) in frontier,
             live_latency=live.get(context.metrics.k_label(p.steps)),
         )
         for p in points
@@ -73,10 +79,25 @@ def _card(info: ModelInfo, context: AppContext) -> ModelCard:
         num_timesteps=info.num_timesteps,
         learn_sigma=info.learn_sigma,
         samplers=list(SAMPLER_NAMES),
+        variances=[v.value for v in VarianceType if v is not VarianceType.ANALYTIC or info.has_gamma],
         default_steps=min(settings.default_steps, info.num_timesteps),
         max_num_images=settings.max_num_images,
-        calibrated_steps={s: [p.steps for p in calibrated_points(info, s)] for s in SAMPLER_NAMES},
+        calibrated_steps={
+            kind: steps for kind in KIND_NAMES if (steps := [p.steps for p in calibrated_points(info, kind)])
+        },
+        frontier=[FrontierPoint(sampler=p.sampler, steps=p.steps, fid=p.fid) for p in frontier_points(info)],
     )
+
+
+def _request_fields(kind_name: str) -> dict[str, str]:
+    """What a request sets to run a variant: {"sampler": "ddpm", "variance": "analytic"}."""
+    kind = SAMPLER_KINDS.get(kind_name)
+    if kind is None:  # a variant of an older or newer server: named, not runnable here
+        return {}
+    fields = {"sampler": kind.sampler}
+    if kind.request_variance is not None:
+        fields["variance"] = kind.request_variance.value
+    return fields
 
 
 def _stats(p: Percentiles) -> LatencyStats:

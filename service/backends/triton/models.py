@@ -37,5 +37,5 @@ class ServedModels:
         if spec.model not in self._models:
             raise UnknownModel(f"no model named {spec.model!r}; served: {', '.join(self._models)}")
         info, triton_name = self._models[spec.model]
-        spec.validate(info.manifest)  # what the worker's engine would refuse, refused before sending
+        spec.validate(info.manifest, has_gamma=info.has_gamma)  # what the worker's engine would refuse
         return info, triton_name

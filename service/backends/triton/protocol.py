@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.backends.base import DEFAULT_SAMPLER, GenerationSpec, UnknownModel
+from service.diffusion.config import VarianceType
 from service.engine import errors
 
 # name -> (Triton dtype, dims, optional). Every input is a [1] tensor; max_batch_size is 0 because the
@@ -35,6 +36,7 @@ INPUTS: dict[str, tuple[str, tuple[int, ...], bool]] = {
     "TIMEOUT_SECONDS": ("FP32", (1,), True),  # absent or <= 0: no deadline
     "PROGRESS": ("BOOL", (1,), True),  # send a PROGRESS response per step milestone
     "CANCEL": ("BOOL", (1,), True),  # a control request: cancel REQUEST_ID's images
+    "VARIANCE": ("BYTES", (1,), True),  # absent or empty: the model's own (ddpm's Sigma, see VarianceType)
 }
 OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "IMAGES": ("UINT8", (-1, -1, -1, -1)),  # [num_images, H, W, C]
@@ -100,6 +102,7 @@ class WireRequest:
     timeout_seconds: float | None = None
     progress: bool = False
     cancel: bool = False
+    variance: str | None = None  # a VarianceType value; None: the model's own
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The input tensors of this request (what the gateway sends)."""
@@ -118,6 +121,7 @@ class WireRequest:
                 NUM_IMAGES=self.num_images,
                 TIMEOUT_SECONDS=self.timeout_seconds or 0.0,
                 PROGRESS=self.progress,
+                VARIANCE=(self.variance or "").encode(),
             )
         return {
             name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
@@ -140,10 +144,14 @@ class WireRequest:
             num_images=spec.num_images,
             timeout_seconds=timeout_seconds,
             progress=progress,
+            variance=None if spec.variance is None else str(spec.variance),
         )
 
     def spec(self, model: str) -> GenerationSpec:
         """The generation the worker runs (its engine validates it)."""
+        if self.variance is not None and self.variance not in {v.value for v in VarianceType}:
+            names = ", ".join(v.value for v in VarianceType)
+            raise errors.InvalidRequest(f"variance must be one of {names}, got {self.variance!r}", "variance")
         return GenerationSpec(
             model=model,
             class_label=self.class_label,
@@ -152,6 +160,7 @@ class WireRequest:
             seed=self.seed,
             sampler=self.sampler,
             eta=self.eta,
+            variance=None if self.variance is None else VarianceType(self.variance),
             timeout_seconds=self.timeout_seconds,
         )
 
@@ -183,6 +192,7 @@ class WireRequest:
             timeout_seconds=timeout if timeout > 0 else None,
             progress=bool(scalar("PROGRESS", False)),
             cancel=bool(scalar("CANCEL", False)),
+            variance=str(scalar("VARIANCE", "")) or None,
         )
 
 
