@@ -35,7 +35,7 @@ import torch
 from bench import beside, gpu_section, idle_vs_bare, served_vs_ceiling
 from bench.model import bundled_model
 from bench.variants import Networks, Variant
-from loadtest import budgets, mixed_latency, overload, report, startup
+from loadtest import budgets, mixed_latency, mixed_samplers, overload, report, startup
 from loadtest.machine import Machine, describe
 from service.engine.buckets import dense_bucket_sizes
 from service.engine.compile import resolved_precision
@@ -102,6 +102,11 @@ def _summary(r: Results) -> str:
             verdict(r.startup.met),
         ),
         ("(b) K=10 p50: run-to-completion ÷ continuous ≥ 5", measured_b, verdict(b.met)),
+        (
+            f"mixed-sampler throughput ÷ single-sampler ≥ {mixed_samplers.BAR}",
+            f"{r.samplers.ratio:.3f}",
+            verdict(r.samplers.met),
+        ),
         (
             "(d) one terminal answer per request, none lost, 0 client errors",
             f"{t.sent} sent: {t.count('200')} × 200, {t.count('429')} × 429, {t.count('504')} × 504; "
@@ -185,6 +190,7 @@ class Results:
     b: mixed_latency.MixedResult
     d: overload.OverloadResult
     startup: startup.StartupResult
+    samplers: mixed_samplers.MixedSamplers
 
 
 RERUN = """## How to rerun
@@ -198,6 +204,7 @@ RERUN = """## How to rerun
 .venv/bin/python -m loadtest.budgets --requests 40                  # latency budgets kept
 .venv/bin/python -m loadtest.startup                                # start-up to /readyz
 .venv/bin/python -m loadtest.overload --duration 60                # (d) alone
+.venv/bin/python -m loadtest.mixed_samplers --window 60           # mixed samplers vs one sampler
 .venv/bin/python -m bench.gpu_check --out gpu.md                   # on a CUDA machine (see GPU)
 .venv/bin/python -m loadtest.triton_bench                        # gateway over Triton vs embedded
 .venv/bin/python -m loadtest.replay --base-url URL --out DIR      # any deployment, any K mix
@@ -272,7 +279,8 @@ def main() -> None:
         lambda: overload.run(model_dir, a.requests_per_s, duration_s=args.overload_duration),
     )
     up = _phase("start-up", timings, lambda: startup.run(model_dir))
-    results = Results(a, a_one, c, c_one, near, kept, b, d, up)
+    mixed = _phase("mixed samplers", timings, lambda: mixed_samplers.run(model_dir))
+    results = Results(a, a_one, c, c_one, near, kept, b, d, up, mixed)
     total = time.perf_counter() - started
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     builds = {f"{p.value} batch {batch}": seconds for (p, batch), seconds in networks.build_seconds.items()}
@@ -292,6 +300,7 @@ def main() -> None:
             b.markdown(),
             d.markdown(),
             up.markdown(),
+            mixed.markdown(),
             gpu_section.MARKDOWN,
             RERUN,
         ]

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -27,6 +27,7 @@ import httpx
 TERMINAL_STATUSES = (200, 429, 504)  # the answers an overloaded server is allowed to give
 MAX_CONNECTIONS = 1024  # never the bottleneck: an open-loop driver must not queue in its own pool
 NUM_CLASSES = 10  # every benchmarked model (fmnist-small, tiny-test) has ten classes
+BodyFields = Callable[[int], Mapping[str, object]]  # request index -> extra body fields
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class _Run:
     start: float
     timeout_ms: int | None
     records: list[Outcome] = field(default_factory=list)  # a list, so a double record would show
+    fields: BodyFields | None = None  # more body fields per request index (e.g. a sampler mix)
 
     def now(self) -> float:
         return time.perf_counter() - self.start
@@ -97,6 +99,8 @@ class _Run:
         }
         if self.timeout_ms is not None:
             body["timeout_ms"] = self.timeout_ms
+        if self.fields is not None:
+            body.update(self.fields(arrival.index))
         status: int | None = None
         error: str | None = None
         censored = False
@@ -195,15 +199,16 @@ async def closed_loop(
     drain_s: float = 0.0,
     timeout_ms: int | None = None,
     start: float | None = None,
+    fields: BodyFields | None = None,
 ) -> list[Outcome]:
     """`concurrency` clients, each sending its next request as soon as its last one is answered, for
     duration_s; requests still pending drain_s later are cancelled (censored). Keeps every slot busy.
-    `start` as in open_loop."""
+    `start` as in open_loop; `fields(index)` adds body fields to request `index`."""
     rng = random.Random(seed)
     steps, weights = list(mix), list(mix.values())
     counter = itertools.count()
     async with _client(base_url, client_timeout_s) as client:
-        run = _Run(client, time.perf_counter() if start is None else start, timeout_ms)
+        run = _Run(client, time.perf_counter() if start is None else start, timeout_ms, fields=fields)
 
         async def client_loop() -> None:
             while run.now() < duration_s:

@@ -103,7 +103,12 @@ class Served:
 
 
 async def _drive(
-    server: Server, concurrency: int, warmup_s: float, window_s: float, seed: int
+    server: Server,
+    concurrency: int,
+    warmup_s: float,
+    window_s: float,
+    seed: int,
+    fields: driver.BodyFields | None = None,
 ) -> tuple[list[Outcome], list[probes.Reading]]:
     start = time.perf_counter()
     load = driver.closed_loop(
@@ -115,6 +120,7 @@ async def _drive(
         max_requests=100_000,
         client_timeout_s=300.0,
         start=start,
+        fields=fields,
     )
     readings = probes.readings_at(server, [warmup_s, warmup_s + window_s], start)
     outcomes, taken = await asyncio.gather(load, readings)
@@ -130,14 +136,15 @@ def run(
     seed: int = 1,
     torch_threads: int | None = None,
     compile: bool | None = None,
+    fields: driver.BodyFields | None = None,
 ) -> Served:
     """A fresh server on `model_dir` (default settings unless threads / compile are given), saturated by
-    2 × max_batch closed-loop clients; stopped after."""
+    2 × max_batch closed-loop clients; stopped after. `fields(index)` adds body fields per request."""
     concurrency = 2 * max_batch
     load_start = load_average()
     config = ServerConfig(model_dir, max_batch=max_batch, torch_threads=torch_threads, compile=compile)
     with Server(config) as server:
-        outcomes, (first, last) = asyncio.run(_drive(server, concurrency, warmup_s, window_s, seed))
+        outcomes, (first, last) = asyncio.run(_drive(server, concurrency, warmup_s, window_s, seed, fields))
     in_window = [o for o in outcomes if o.status == 200 and first.at_s <= o.finished_s <= last.at_s]
     return Served(
         max_batch=max_batch,
