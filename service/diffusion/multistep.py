@@ -62,13 +62,10 @@ def dpm_solver_timesteps(
         lam = half_log_snr(np.cumprod(1.0 - named_betas(config.noise_schedule, T)))
         # K+1 points evenly in lambda from max(lambda(T-1), LAMBDA_MIN) to lambda(0), without the last,
         # each mapped to t through lambda(t) (decreasing, hence the negations) and rounded. Where lambda
-        # falls steeply, neighbouring targets can still round to one step: each step is then moved down
-        # to stay below the one before (K distinct steps, the spacing as close as T allows).
+        # moves fast, neighbouring targets can round to one step (see _distinct_descending).
         targets = np.linspace(max(lam[T - 1], LAMBDA_MIN), lam[0], k + 1)[:-1]
         rounded = np.round(np.interp(-targets, -lam, np.arange(T)))
-        grid = np.minimum.accumulate(np.minimum(rounded, T - 1 - np.arange(k)))
-        for i in range(1, k):
-            grid[i] = min(grid[i], grid[i - 1] - 1)
+        grid = _distinct_descending(rounded, T)
     else:
         raise RespacingError(f"dpm++2m spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     kept = sorted({int(t) for t in grid if t >= 1})
@@ -112,6 +109,20 @@ def dpm_solver_columns(process: SpacedProcess) -> dict[str, np.ndarray]:
         "dpm_w_cur": w_cur,
         "dpm_w_prev": w_prev,
     }
+
+
+def _distinct_descending(steps: np.ndarray, num_timesteps: int) -> np.ndarray:
+    """K descending steps made distinct within 1..T-1 with the least moving: each step at most one
+    below the one before it (from the noisy end), then at least one above the one after it (from the
+    clean end, where steps rounded to 0 would otherwise be lost)."""
+    grid = np.clip(steps.astype(np.int64), 1, num_timesteps - 1)
+    k = len(grid)
+    for i in range(1, k):
+        grid[i] = min(grid[i], grid[i - 1] - 1)
+    grid[k - 1] = max(grid[k - 1], 1)
+    for i in range(k - 2, -1, -1):
+        grid[i] = max(grid[i], grid[i + 1] + 1)
+    return grid
 
 
 def _count(steps: int | str) -> int:

@@ -172,3 +172,13 @@ def test_time_uniform_steps_are_diffusers_linspace_steps(num_timesteps: int, ste
     scheduler = diffusers_scheduler(config)
     scheduler.set_timesteps(num_inference_steps=steps)
     assert dpm_solver_timesteps(config, steps, "time-uniform") == sorted(scheduler.timesteps.tolist())
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_every_k_gets_k_distinct_steps(spacing: str) -> None:
+    """Any K from 1 to T-1 is a valid request: where rounding puts two steps on one training step (the
+    steep ends of the cosine schedule, or many steps), they are moved apart, never dropped."""
+    config = _config("cosine", 4000, False)
+    for steps in (*range(1, 120), 500, 2000, 3999):
+        kept = dpm_solver_timesteps(config, steps, spacing)
+        assert len(kept) == steps and kept == sorted(set(kept)) and kept[0] >= 1 and kept[-1] <= 3999, steps
