@@ -17,13 +17,18 @@ stable. With sigma_next = 0 the update is x_next = D, so no infinite lambda is e
 Which timesteps: K network evaluations at t_{K-1} > ... > t_0 >= 1, then the final step to sigma = 0
 (t = 0 is never evaluated: its noise, std 3e-3 here, is below half an 8-bit level). "time-uniform" spaces
 them evenly in t, as diffusers' `timestep_spacing="linspace"` does; "logsnr-uniform" evenly in lambda
-from t = T-1 to t = 0, as the DPM-Solver paper recommends. Measured on the bundled model (bench/
-dpm_spacing.py, 500 samples, same seeds): FID 3.57 vs 6.09 at K=10 and 3.97 vs 4.63 at K=25, so
-logSNR-uniform is the default. Why, for this schedule: the cosine schedule's beta is clipped at 0.999,
-so lambda falls from -7.9 to -11.3 over its last step and logSNR-uniform spends 3 of 10 steps in
-t >= 3994, where nothing changes; but it ends at t = 22 (lambda 4.0), so its final first-order jump to
-the clean image is small, while time-uniform's last evaluation is at t = T/K = 400 (lambda 1.8) and
-its final jump, from there to sigma = 0 in one first-order step, is what costs it.
+from lambda(T-1) (or LAMBDA_MIN, below) to lambda(0), as the DPM-Solver paper recommends. Measured on the
+bundled model (bench/dpm_spacing.py, FID at 500 samples, same seeds):
+
+    K     time-uniform   logSNR-uniform from t = T-1   logSNR-uniform from lambda = -5.1 (default)
+    10    6.09           3.57                          2.79
+    25    4.63           3.97                          4.13
+
+Time-uniform loses because its last evaluation is at t = T/K (400 at K = 10, lambda 1.8) and its final
+first-order jump from there to the clean image is coarse; logSNR-uniform ends at t = 7 (lambda 4.7). At
+K = 25 every deterministic sampler here is near the limit of this model's probability-flow ODE, which
+scores worse than ancestral sampling with a good variance (DDIM: 4.6 / 4.6 / 4.5 at K = 25 / 50 / 100),
+so more steps do not help; docs/quality.md has the frontier across samplers.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ from service.diffusion.schedules import named_betas
 SPACINGS = ("time-uniform", "logsnr-uniform")
 # logSNR-uniform steps start where lambda reaches this, not at t = T-1, when the schedule goes lower: the
 # cosine schedule's clipped last betas send lambda from -5.6 (t = 3990 of 4000) to -11.3 (t = 3999), and
-# lambda-uniform steps there are a fraction of a training step apart. Rounded to distinct integer steps
-# they become irregular, and the second-order weights 1/(2r), r = h_prev / h, swing by factors of ten
-# (measured: 3 of 10 and 9 of 25 evaluations fell in t >= 3991, and K = 25 scored worse than K = 10). The
-# value is diffusers' recommendation for the cosine schedule (`lambda_min_clipped`); x_T ~ N(0, I) is
-# then taken as x at lambda = -5.1, whose signal scale alpha is 0.006.
+# lambda-uniform steps there are a fraction of a training step apart: rounded to distinct steps they spend
+# 3 of 10 evaluations in t >= 3994, where nothing changes, at irregular spacings that swing the
+# second-order weights 1/(2r), r = h_prev / h, by factors of ten. Starting at -5.1 took K = 10 from FID
+# 3.57 to 2.79 (table above). The value is diffusers' recommendation for the cosine schedule
+# (`lambda_min_clipped`); x_T ~ N(0, I) is then taken as x at lambda = -5.1, whose signal scale is 0.006.
 LAMBDA_MIN = -5.1
 DEFAULT_SPACING = "logsnr-uniform"  # measured, see the module docstring
 
