@@ -52,5 +52,5 @@ def test_idle_vs_bare_alternates_http_and_in_process(tiny_model_dir: Path, tiny_
     result = idle_vs_bare.run(
         tiny_model_dir, tiny_model, networks, repeats=2, steps=2, compile=False, candidates=EAGER
     )
-    assert len(result.http_s) == len(result.server_s) == len(result.engine_s) == len(result.bare_s) == 2
+    assert len(result.http_s) == len(result.server_s) == len(result.bare_s) == 2
     assert result.ratio > 0 and "## (c) Idle single request vs the fastest bare loop" in result.markdown()
