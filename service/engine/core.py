@@ -20,6 +20,7 @@ import torch
 
 from service.diffusion.sampling import Denoiser
 from service.engine.buckets import bucket_sizes
+from service.engine.degrade import GroupDecision
 from service.engine.errors import Cancelled, EngineDead, EngineError, ExecutorFailed, NonFiniteOutput
 from service.engine.executor import Executor, StepOutcome
 from service.engine.generation import GenerationSpec
@@ -102,6 +103,10 @@ class EngineCore:
                 has_gamma=self.model.gamma is not None,
             )
             rows = [RowState(request, num_steps, on_done, on_progress) for request in spec.rows(group_id)]
+            if spec.fallbacks:
+                group = GroupDecision()  # the first admitted row decides for its siblings (degrade.py)
+                for row in rows:
+                    row.group = group
             with self.lock:
                 if self.refusal is not None:
                     raise type(self.refusal)(str(self.refusal))
@@ -184,6 +189,9 @@ class EngineCore:
         start = time.perf_counter()
         try:
             executor.admit(plan.admitted)
+            for row, budget in plan.replan:
+                if executor.replan(row, budget):
+                    log.debug("re-planned %s after %d steps", row.request.request_id, row.steps_done)
             outcome = executor.step(plan.running)
         except Exception as e:  # a device error, or a bug in the network: the executor is rebuilt
             self._recover(e)
@@ -204,7 +212,10 @@ class EngineCore:
         with self.lock:
             for row, _, _ in ended:
                 self.scheduler.release(row)
-            self._iteration_seconds = 0.9 * self._iteration_seconds + 0.1 * seconds
+            # The first measurement is taken as it is: averaging it with the 0 that stands for "unknown"
+            # would make deadline checks (and re-plans) trust a ten times too fast iteration at first.
+            previous = self._iteration_seconds
+            self._iteration_seconds = seconds if previous == 0 else 0.9 * previous + 0.1 * seconds
             self.scheduler.retry_after = self._retry_hint(running)
             self.scheduler.seconds_per_step = self._iteration_seconds
         for row in running:

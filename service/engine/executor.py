@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.diffusion.replan import coarsest_fitting, combined_timesteps, remaining_steps
 from service.diffusion.samplers.mixed import mixed_step
 from service.diffusion.sampling import Denoiser
 from service.engine.background_compile import (
@@ -163,7 +164,32 @@ class Executor:
         for row in rows:
             request = row.request
             table = self.tables.get(request.steps, request.sampler)
-            self.slots.admit(row, table.table, request.variance or self.default_variance)
+            self.slots.admit(row, table, request.variance or self.default_variance)
+
+    def replan(self, row: RowState, budget: int) -> bool:
+        """Shorten a running row to at most `budget` remaining steps: its own sampler's coarsest schedule
+        from its current t that fits, never below its floor (service.diffusion.replan). Returns whether
+        it changed (not when even the floor needs more, or the row is at its last steps)."""
+        floor = row.request.floor_steps
+        steps = row.request.steps
+        if floor is None or not isinstance(steps, int):
+            return False
+        info = self.slots.rows_info([row])[0]
+        current = int(info.timesteps[row.cursor])
+        sampler = row.request.sampler
+        coarse_steps = coarsest_fitting(
+            lambda k: self.tables.timesteps(k, sampler).tolist(), current, floor, steps - 1, budget
+        )
+        if coarse_steps is None:
+            return False
+        coarse = self.tables.timesteps(coarse_steps, sampler)
+        kept = combined_timesteps(info.timesteps.tolist(), row.cursor, coarse.tolist())
+        remaining = remaining_steps(current, coarse.tolist())
+        if remaining >= row.cursor + 1:
+            return False
+        self.slots.replace_table(row, self.tables.at(kept))
+        row.replan(len(kept), remaining - 1)
+        return True
 
     def release(self, row: RowState) -> None:
         self.slots.release(row)

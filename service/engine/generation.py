@@ -18,6 +18,7 @@ import numpy as np
 from service.diffusion.config import VarianceType
 from service.diffusion.respacing import RespacingError
 from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, Sampler
+from service.engine.degrade import DegradeReason, StepOption
 from service.engine.errors import Cancelled, EngineError, InvalidRequest
 from service.engine.request import Request, RowResult
 from service.model.gamma_table import MAKE_COMMAND
@@ -39,6 +40,8 @@ class GenerationSpec:
     eta: float | None = None  # None: not given (samplers that use it take 0)
     variance: VarianceType | None = None  # None: the model's own variance type
     timeout_seconds: float | None = None
+    # Coarser (sampler, K) the caller accepts under load, best first, the floor last (engine.degrade).
+    fallbacks: tuple[StepOption, ...] = ()
 
     def validate(
         self,
@@ -77,7 +80,34 @@ class GenerationSpec:
             raise InvalidRequest(message, "model")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise InvalidRequest(f"the timeout must be positive, got {self.timeout_seconds}", "timeout_ms")
-        return _num_steps(self.steps, manifest, respace or partial(_schedule_length, sampler, manifest))
+        num_steps = _num_steps(self.steps, manifest, respace or partial(_schedule_length, sampler, manifest))
+        self._check_fallbacks(manifest, has_gamma)
+        return num_steps
+
+    def _check_fallbacks(self, manifest: ModelManifest, has_gamma: bool) -> None:
+        """Each fallback is a valid request of its own, with fewer steps than the one before it."""
+        if not self.fallbacks:
+            return
+        if not isinstance(self.steps, int):
+            raise InvalidRequest("degrading under load needs an integer K, not a respacing string", "steps")
+        previous = self.steps
+        for option in self.fallbacks:
+            if not 1 <= option.steps < previous:
+                message = (
+                    f"a fallback must take fewer steps than the option before it and at least 1: "
+                    f"K={option.steps} after K={previous}"
+                )
+                raise InvalidRequest(message, "min_steps")
+            alone = GenerationSpec(
+                self.model, self.class_label, option.steps, sampler=option.sampler, variance=option.variance
+            )
+            try:
+                alone.validate(manifest, has_gamma=has_gamma)
+            except InvalidRequest as e:
+                raise InvalidRequest(
+                    f"fallback {option.sampler} K={option.steps}: {e}", "min_steps"
+                ) from None
+            previous = option.steps
 
     def _check_variance(self, manifest: ModelManifest, has_gamma: bool) -> None:
         if self.variance is None:
@@ -119,17 +149,50 @@ class GenerationSpec:
                 variance=variance,
                 deadline=deadline,
                 arrival=arrival,
+                fallbacks=self.fallbacks,
             )
             for i in range(self.num_images)
         ]
 
 
 @dataclass(frozen=True)
+class Degradation:
+    """How a request ran when the load made it coarser than asked (service.engine.degrade).
+
+    Admission decides for the whole request (its images match); a mid-flight re-plan is per image, so
+    the steps are per image. `sampler` and `variance` are those of the first degraded image."""
+
+    reason: DegradeReason
+    steps_asked: int | str
+    sampler: str
+    variance: VarianceType | None
+    steps_used: tuple[int, ...]  # network evaluations per image
+    replanned_at: tuple[int | None, ...]  # per image: steps done when re-planned, None if not
+
+    @classmethod
+    def of(cls, rows: list[RowResult]) -> Degradation | None:
+        degraded = [r for r in rows if r.degraded is not None]
+        if not degraded:
+            return None
+        first = degraded[0]
+        assert first.asked is not None and first.degraded is not None
+        return cls(
+            reason=first.degraded,
+            steps_asked=first.asked.steps,
+            sampler=first.request.sampler,
+            variance=first.request.variance,
+            steps_used=tuple(r.steps_done for r in rows),
+            replanned_at=tuple(r.replanned_at for r in rows),
+        )
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     images: list[np.ndarray]  # uint8 [H, W, C], in image_index order
-    steps: int | str
+    steps: int | str  # K as run: the asked K, or the most steps an image took when degraded
     queue_seconds: float  # the longest wait of any image for a slot
     total_seconds: float  # submission -> the last image
+    degradation: Degradation | None = None  # None: every image ran as asked
 
 
 @dataclass(frozen=True)
@@ -166,11 +229,13 @@ class Collation:
         if errors:
             causes = [e for e in errors if e is not None and not isinstance(e, Cancelled)]
             return (causes or errors)[0] or EngineError("an image failed without an error")
+        degradation = Degradation.of(ordered)
         return GenerationResult(
             images=[r.image for r in ordered if r.image is not None],
-            steps=self.spec.steps,
+            steps=self.spec.steps if degradation is None else max(degradation.steps_used),
             queue_seconds=max(r.queue_seconds for r in ordered),
             total_seconds=max(r.total_seconds for r in ordered),
+            degradation=degradation,
         )
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from service.diffusion.config import VarianceType
+from service.engine.degrade import DegradeReason, GroupDecision, StepOption
 from service.engine.errors import Cancelled, DeadlineExceeded, EngineError
 
 if TYPE_CHECKING:
@@ -39,6 +40,20 @@ class Request:
     variance: VarianceType | None = None  # None: the model's own variance type
     deadline: float | None = None
     arrival: float = field(default_factory=time.monotonic)
+    # Coarser ways to run it the caller accepts under load, best first, the floor last (degrade.py);
+    # empty: the row runs as asked or not at all.
+    fallbacks: tuple[StepOption, ...] = ()
+
+    @property
+    def options(self) -> list[StepOption]:
+        """(asked, *fallbacks): what admission chooses from. Only for integer `steps`."""
+        assert isinstance(self.steps, int), "fallbacks need an integer K"
+        return [StepOption(self.steps, self.sampler, self.variance), *self.fallbacks]
+
+    @property
+    def floor_steps(self) -> int | None:
+        """The fewest steps the caller accepts (None: no degrading)."""
+        return self.fallbacks[-1].steps if self.fallbacks else None
 
 
 class RowStatus(StrEnum):
@@ -71,13 +86,16 @@ class RowProgress:
 class RowResult:
     """The outcome of one row: an image ([H, W, C] uint8, as service.images.to_uint8) or an error."""
 
-    request: Request
+    request: Request  # as run: a degraded row's sampler, K and variance are the ones it ran
     status: RowStatus
     image: np.ndarray | None
     error: EngineError | None
     steps_done: int
     queue_seconds: float  # arrival -> admission into a slot (-> the end, if never admitted)
     total_seconds: float  # arrival -> the end
+    asked: Request | None = None  # what the caller asked, when the row ran something coarser
+    degraded: DegradeReason | None = None
+    replanned_at: int | None = None  # steps done when re-planned mid-flight
 
     @property
     def ok(self) -> bool:
@@ -101,6 +119,27 @@ class RowState:
     first_step_at: float | None = None
     finished_at: float | None = None
     reported_percent: int = -1  # last progress percentage reported (progress callbacks are throttled)
+    group: GroupDecision | None = None  # shared by the rows of a request with fallbacks
+    asked: Request | None = None  # set when admission or a re-plan changed what the row runs
+    degraded: DegradeReason | None = None
+    replanned_at: int | None = None  # steps done when the row was re-planned mid-flight
+
+    def replan(self, num_steps: int, cursor: int) -> None:
+        """Continue on a re-planned schedule of `num_steps` steps, at its step `cursor`."""
+        self.replanned_at = self.steps_done
+        self.asked = self.asked or self.request
+        self.num_steps, self.cursor = num_steps, cursor
+        self.degraded = DegradeReason.REPLANNED
+
+    def degrade(self, option: StepOption, reason: DegradeReason) -> None:
+        """Run `option` instead of the asked request (before the row's first step)."""
+        self.asked = self.asked or self.request
+        self.request = replace(
+            self.request, steps=option.steps, sampler=option.sampler, variance=option.variance
+        )
+        self.num_steps = option.steps
+        self.cursor = self.num_steps - 1
+        self.degraded = reason
 
     def __post_init__(self) -> None:
         self.cursor = self.num_steps - 1
@@ -124,4 +163,7 @@ class RowState:
             steps_done=self.steps_done,
             queue_seconds=max(0.0, admitted - arrival),
             total_seconds=max(0.0, now - arrival),
+            asked=self.asked,
+            degraded=self.degraded,
+            replanned_at=self.replanned_at,
         )

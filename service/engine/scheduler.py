@@ -11,8 +11,12 @@ Each iteration, `schedule()`
      run-to-completion mode only when no row is in flight (the benchmark baseline: a batch starts on an
      empty executor and runs until its last row finishes). A row that cannot finish its K steps before
      its deadline at the measured iteration time is failed at admission instead: under overload, compute
-     spent on an image that ends in a 504 anyway is taken from requests that could still make it,
-  4. returns every row in a slot: the executor advances each of them by exactly one step.
+     spent on an image that ends in a 504 anyway is taken from requests that could still make it. A row
+     with fallbacks (coarser (sampler, K) its caller accepts) is admitted at the option the deadline and
+     the queue behind it allow, and refused only when not even its floor fits (service.engine.degrade),
+  4. lists running rows with fallbacks whose deadline came at risk, with the steps they can still
+     afford: the executor re-plans them onto a coarser schedule from their current t,
+  5. returns every row in a slot: the executor advances each of them by exactly one step.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from service.engine.degrade import DEADLINE_MARGIN, GroupDecision, choose_option, replan_budget
 from service.engine.errors import Cancelled, DeadlineExceeded, EngineError, InvalidRequest, QueueFull
 from service.engine.request import RowState, RowStatus
 
@@ -34,6 +39,7 @@ class SchedulePlan:
     admitted: list[RowState] = field(default_factory=list)  # new in a slot: initialise latents and RNG
     running: list[RowState] = field(default_factory=list)  # every row to step, in slot order
     dropped: list[tuple[RowState, EngineError]] = field(default_factory=list)  # to report; slot freed
+    replan: list[tuple[RowState, int]] = field(default_factory=list)  # rows at risk, steps they can afford
 
 
 @dataclass(frozen=True)
@@ -136,13 +142,33 @@ class Scheduler:
         if not self.run_to_completion or not self._running:
             plan.admitted = self._admit(now, plan.dropped)
         plan.running = self.running_rows()
+        plan.replan = self._at_risk(now, plan.running, plan.admitted)
         return plan
+
+    def _at_risk(
+        self, now: float, running: list[RowState], admitted: list[RowState]
+    ) -> list[tuple[RowState, int]]:
+        """Running rows with fallbacks whose remaining steps would end after their deadline."""
+        fresh = {id(row) for row in admitted}  # just sized to fit at admission
+        at_risk = []
+        for row in running:
+            deadline = row.request.deadline
+            if deadline is None or row.request.floor_steps is None or id(row) in fresh:
+                continue
+            budget = replan_budget(row.cursor + 1, deadline - now, self.seconds_per_step)
+            if budget is not None:
+                at_risk.append((row, budget))
+        return at_risk
 
     def _admit(self, now: float, dropped: list[tuple[RowState, EngineError]]) -> list[RowState]:
         admitted = []
         while self._queue and self._free:
             row = self._queue.popleft()
-            late = _cannot_finish(row, now, self.seconds_per_step)
+            late = (
+                self._degrade(row, now)
+                if row.request.fallbacks
+                else _cannot_finish(row, now, self.seconds_per_step)
+            )
             if late is not None:
                 dropped.append((row, late))
                 continue
@@ -152,6 +178,33 @@ class Scheduler:
             self._running[row.slot] = row
             admitted.append(row)
         return admitted
+
+    def _degrade(self, row: RowState, now: float) -> EngineError | None:
+        """Admit a row with fallbacks at the option the load allows (degrade.choose_option); the
+        error when not even its floor can finish before the deadline."""
+        request = row.request
+        options = request.options
+        group = row.group if row.group is not None else GroupDecision()
+        time_left = None if request.deadline is None else request.deadline - now
+        chosen = choose_option(
+            options, group.index, time_left, self.seconds_per_step, len(self._queue), self.num_slots
+        )
+        if chosen is None:
+            floor = options[-1].steps
+            needed = floor * self.seconds_per_step * DEADLINE_MARGIN
+            left = max(time_left or 0.0, 0.0)
+            return DeadlineExceeded(
+                f"request {request.group_id!r} cannot finish even its floor of K={floor} steps before its "
+                f"deadline (about {needed:.1f} s needed at the current load, {left:.1f} s left)"
+            )
+        index, reason = chosen
+        if group.decided and index == group.index:
+            reason = group.reason  # a sibling runs what the first admitted row of its request chose
+        elif not group.decided:
+            group.index, group.reason, group.decided = index, reason, True
+        if index > 0 and reason is not None:
+            row.degrade(options[index], reason)
+        return None
 
     def release(self, row: RowState) -> None:
         """Free a row's slot (it finished, failed, or was dropped)."""

@@ -24,6 +24,7 @@ from service.diffusion.config import VarianceType
 from service.diffusion.noise import image_seed
 from service.diffusion.samplers import RowOptions, Sampler, get_sampler
 from service.engine.request import RowState
+from service.engine.tables import StepTable
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SlotInfo:
     owner: RowState
     generator: torch.Generator
     table: np.ndarray  # the row's coefficient table (float32 [K, C]); indexed by the row's cursor
+    timesteps: np.ndarray  # the training step of each table row (what a re-plan starts from)
     label: int
     sampler: Sampler
     eta: float
@@ -47,7 +49,7 @@ class SlotTable:
         self.state: dict[str, torch.Tensor] = {}
         self.info: list[SlotInfo | None] = [None] * num_slots
 
-    def admit(self, row: RowState, table: np.ndarray, variance: VarianceType) -> None:
+    def admit(self, row: RowState, table: StepTable, variance: VarianceType) -> None:
         """Seed the row's stream and draw x_T (the stream's first draw, as the solo path does)."""
         assert row.slot is not None, "a row is admitted into a slot by the scheduler first"
         request = row.request
@@ -62,12 +64,18 @@ class SlotTable:
         self.info[row.slot] = SlotInfo(
             owner=row,
             generator=generator,
-            table=table,
+            table=table.table,
+            timesteps=table.timesteps,
             label=request.class_label or 0,
             sampler=sampler,
             eta=float(request.eta),
             variance=variance,
         )
+
+    def replace_table(self, row: RowState, table: StepTable) -> None:
+        """A re-planned row's new schedule (its latents, stream and sampler state stay)."""
+        info = self.rows_info([row])[0]
+        info.table, info.timesteps = table.table, table.timesteps
 
     def release(self, row: RowState) -> None:
         if row.slot is not None and (info := self.info[row.slot]) is not None and info.owner is row:
