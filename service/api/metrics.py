@@ -23,6 +23,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OCCUPANCY_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.9, 1.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FID_DELTA_BUCKETS = (-5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20)
 
 
 class StepLabels:
@@ -135,6 +136,27 @@ class Metrics:
             ["model", "engine"],
             registry=r,
         )
+        # Load-adaptive budgets (service.engine.degrade): what degrading cost, by why it happened.
+        self.degraded = Counter(
+            "ddpm_degraded_requests_total",
+            "Requests that ran fewer steps than asked, by reason (deadline, queue, replanned)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.degraded_steps = Counter(
+            "ddpm_degraded_steps_total",
+            "Steps of degraded images: as asked (which=asked) and as run (which=used)",
+            ["model", "which"],
+            registry=r,
+        )
+        self.degraded_fid = Histogram(
+            "ddpm_degraded_fid_delta",
+            "Calibrated FID as run minus as asked, per degraded request (negative: the frontier's "
+            "variant at fewer steps scores better than the asked one)",
+            ["model"],
+            buckets=FID_DELTA_BUCKETS,
+            registry=r,
+        )
         self._quality = {
             attr: Gauge(name, doc, ["model", "sampler", "k"], registry=r)
             for attr, name, doc in (
@@ -176,6 +198,15 @@ class Metrics:
         self.requests.labels(model, k, sampler, status).inc()
         if seconds is not None:
             self.request_seconds.labels(model, k, sampler).observe(seconds)
+
+    def count_degradation(
+        self, model: str, reason: str, steps_asked: int, steps_used: Sequence[int], fid_delta: float | None
+    ) -> None:
+        self.degraded.labels(model, reason).inc()
+        self.degraded_steps.labels(model, "asked").inc(steps_asked * len(steps_used))
+        self.degraded_steps.labels(model, "used").inc(sum(steps_used))
+        if fid_delta is not None:
+            self.degraded_fid.labels(model).observe(fid_delta)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from service.api.context import AppContext
 from service.api.errors import ApiError, invalid
+from service.api.fallbacks import fallbacks_for
 from service.api.schemas import AUTO_SAMPLER, GenerateRequest, SamplerMode, SelectionMode
 from service.api.selection import (
     LatencyPredictor,
@@ -73,6 +74,7 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         eta=body.eta,
         variance=kind.request_variance,
         timeout_seconds=timeout_ms / 1000,
+        fallbacks=fallbacks_for(body, info, choice, kind.name),
     )
     quality = point_at(info, kind.name, choice.steps)
     return Plan(info, spec, choice, body.seed is None, quality, predictor.base(choice.steps))

@@ -39,6 +39,7 @@ class GenerateRequest(BaseModel):
                 {"class_label": 5, "steps": 100, "sampler": "ddim", "eta": 0.0, "stream": True},
                 {"class_label": 2, "steps": 10, "sampler": "dpm++2m"},
                 {"class_label": 4, "steps": 25, "sampler": "ddpm", "variance": "analytic"},
+                {"class_label": 1, "steps": 100, "min_steps": 10, "timeout_ms": 15000},
             ]
         },
     )
@@ -68,6 +69,24 @@ class GenerateRequest(BaseModel):
         allow_inf_nan=False,
         strict=True,
         description="The server picks the smallest calibrated K whose measured FID is at most this.",
+    )
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="Degrade before refusing: under load the server may run fewer steps than asked, down "
+        "to this K, rather than answer 429 or 504. It picks the largest calibrated point that fits the "
+        "deadline and the queue (from the frontier when the server chose the sampler, else the named "
+        "sampler's), and may shorten a running image from its current step when its deadline comes at "
+        "risk. The response says what ran and why (degradation). Omitted: never degraded.",
+    )
+    max_degraded_fid: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Degrade before refusing, bounded by quality: the worst calibrated FID acceptable "
+        "when degraded (calibrated models only). With min_steps too, both bounds hold.",
     )
     sampler: SamplerName | None = Field(None, description=SAMPLER_HELP + ".")
     variance: VarianceName | None = Field(
@@ -150,11 +169,34 @@ class Selection(BaseModel):
     candidates: list[int] = Field(default_factory=list, description="The calibrated K values considered.")
 
 
+DegradeReasonName = Literal["deadline", "queue", "replanned"]
+
+
+class DegradationInfo(BaseModel):
+    reason: DegradeReasonName = Field(
+        description="deadline: the asked K would have ended after timeout_ms; queue: admitted smaller "
+        "because work was queued behind it; replanned: shortened mid-flight when its deadline came at risk."
+    )
+    message: str = Field(description="What ran instead of what was asked, in words.")
+    steps_asked: int
+    sampler_asked: str = Field(description="The sampler variant asked (or chosen before degrading).")
+    steps_used: list[int] = Field(description="Network evaluations per image.")
+    replanned_at: list[int | None] = Field(
+        description="Per image: the steps done when it was re-planned onto a coarser schedule (null: not)."
+    )
+    fid_asked: float | None = Field(description="Calibrated FID of what was asked (null: not calibrated).")
+    fid_used: float | None = Field(
+        description="Calibrated FID of what ran (interpolated in log K for an uncalibrated step count)."
+    )
+
+
 class GenerateResponse(BaseModel):
     model: str
-    steps: int = Field(description="K actually used.")
-    sampler: str
+    steps: int = Field(description="K actually used (the most steps an image took when degraded).")
+    sampler: str = Field(description="The sampler actually used.")
     variance: str | None = Field(description="ddpm's variance type as run; null for other samplers.")
+    degraded: bool = Field(False, description="True when the load made the server run less than asked.")
+    degradation: DegradationInfo | None = Field(None, description="What ran instead, and why.")
     eta: float
     class_label: int | None
     seed: int

@@ -174,6 +174,7 @@ class _PendingRequest:
                 int(outcome.steps),
                 [r.queue_seconds for r in rows],
                 [r.total_seconds for r in rows],
+                outcome.degradation,
             )
         )
 

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from service.api.context import AppContext, Context
+from service.api.degradation import AsRun, degradation_info
 from service.api.errors import CLIENT_CLOSED_REQUEST, ApiError, as_api_error, error_body
 from service.api.planning import Plan, plan_generation
 from service.api.schemas import (
@@ -28,7 +29,8 @@ from service.api.schemas import (
     Selection,
     Timings,
 )
-from service.backends.base import SAMPLERS, Generation, GenerationResult
+from service.api.selection import point_at
+from service.backends.base import Generation, GenerationResult
 from service.images import grid, png_bytes
 from service.quality.sampler_kinds import kind_name
 
@@ -71,8 +73,8 @@ async def generate(body: GenerateRequest, request: Request, context: Context) ->
         png = await run_in_threadpool(_png, result.images)
         response = Response(png, media_type="image/png", headers=_png_headers(result, plan))
     seconds = time.perf_counter() - started
-    context.metrics.count_request(*labels, "ok", seconds)
-    if plan.predicted_seconds is not None:
+    _count_ok(context, plan, result, seconds)
+    if plan.predicted_seconds is not None and result.degradation is None:
         context.metrics.tracker(plan.info.name).record_outcome(plan.predicted_seconds, seconds)
     return response
 
@@ -101,9 +103,21 @@ async def _client_gone(request: Request) -> None:
 
 
 def _metric_labels(plan: Plan, context: AppContext) -> tuple[str, str, str]:
-    """(model, K label, sampler variant) of a request's metrics."""
+    """(model, K label, sampler variant) of a request's metrics, as planned."""
     kind = kind_name(plan.spec.sampler, plan.spec.variance)
     return plan.info.name, context.metrics.k_label(plan.steps), kind
+
+
+def _count_ok(context: AppContext, plan: Plan, result: GenerationResult, seconds: float) -> None:
+    """A success is counted under what ran (a degraded request's own K and variant)."""
+    ran = AsRun.of(result, plan)
+    metrics = context.metrics
+    metrics.count_request(plan.info.name, metrics.k_label(ran.steps), ran.kind, "ok", seconds)
+    degradation = result.degradation
+    if degradation is not None:
+        info = degradation_info(result, plan)
+        delta = None if info.fid_used is None or info.fid_asked is None else info.fid_used - info.fid_asked
+        metrics.count_degradation(plan.info.name, info.reason, plan.steps, info.steps_used, delta)
 
 
 def _event_stream(generation: Generation, plan: Plan, context: AppContext, started: float) -> Response:
@@ -114,8 +128,10 @@ def _event_stream(generation: Generation, plan: Plan, context: AppContext, start
         try:
             async for chunk in _progress_events(generation, plan):
                 yield chunk
-            payload = await _json_body(await generation.result(), plan)
+            result = await generation.result()
+            payload = await _json_body(result, plan)
             status = "ok"
+            _count_ok(context, plan, result, time.perf_counter() - started)
             yield format_sse_event(event="result", data_str=payload.model_dump_json())
         except Exception as e:  # the status line is sent: errors travel as an event
             error = as_api_error(e)
@@ -126,8 +142,8 @@ def _event_stream(generation: Generation, plan: Plan, context: AppContext, start
         finally:
             if status == "cancelled":
                 generation.cancel()
-            seconds = time.perf_counter() - started if status == "ok" else None
-            context.metrics.count_request(*labels, status, seconds)
+            if status != "ok":
+                context.metrics.count_request(*labels, status)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_choice_headers(plan)}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -135,7 +151,7 @@ def _event_stream(generation: Generation, plan: Plan, context: AppContext, start
 
 async def _progress_events(generation: Generation, plan: Plan) -> AsyncIterator[bytes]:
     num_images, steps = plan.spec.num_images, plan.steps
-    done = [0] * num_images
+    done, total = [0] * num_images, [steps] * num_images
     stream = generation.progress()
     while True:
         try:
@@ -147,24 +163,29 @@ async def _progress_events(generation: Generation, plan: Plan) -> AsyncIterator[
             yield KEEPALIVE_COMMENT
             continue
         done[event.image_index] = event.steps_done
+        total[event.image_index] = event.num_steps  # a degraded image's own K
         progress = ProgressEvent(
             image=event.image_index,
             step=event.steps_done,
             steps=event.num_steps,
-            progress=sum(done) / (num_images * steps),
+            progress=sum(done) / sum(total),
         )
         yield format_sse_event(event="progress", data_str=progress.model_dump_json())
 
 
 async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
     pngs = await run_in_threadpool(lambda: [png_bytes(image) for image in result.images])
-    spec, choice, point = plan.spec, plan.choice, plan.quality
+    spec, choice = plan.spec, plan.choice
+    ran = AsRun.of(result, plan)
+    point = plan.quality if result.degradation is None else point_at(plan.info, ran.kind, ran.steps)
     predicted = None if choice.predicted_seconds is None else choice.predicted_seconds * 1000
     return GenerateResponse(
         model=spec.model,
-        steps=plan.steps,
-        sampler=spec.sampler,
-        variance=_variance(plan),
+        steps=ran.steps,
+        sampler=ran.sampler,
+        variance=ran.variance,
+        degraded=result.degradation is not None,
+        degradation=None if result.degradation is None else degradation_info(result, plan),
         eta=spec.eta or 0.0,
         class_label=spec.class_label,
         seed=spec.seed,
@@ -194,31 +215,27 @@ def _png(images: list[np.ndarray]) -> bytes:
     return png_bytes(images[0] if len(images) == 1 else grid(np.stack(images)))
 
 
-def _variance(plan: Plan) -> str | None:
-    """ddpm's variance type as run (the model's own when the request named none); None otherwise."""
+def _choice_headers(plan: Plan, result: GenerationResult | None = None) -> dict[str, str]:
+    """What runs (as planned; once the result is known, as run)."""
     spec = plan.spec
-    if not SAMPLERS[spec.sampler].uses_variance:
-        return None
-    return str(spec.variance or plan.info.manifest.diffusion.variance_type)
-
-
-def _choice_headers(plan: Plan) -> dict[str, str]:
-    spec = plan.spec
+    ran = AsRun.of(result, plan)
     headers = {
         "X-Model": spec.model,
-        "X-Steps": str(plan.steps),
+        "X-Steps": str(ran.steps),
         "X-Seed": str(spec.seed),
-        "X-Sampler": spec.sampler,
+        "X-Sampler": ran.sampler,
         "X-Sampler-Choice": plan.choice.sampler_mode,
         "X-Num-Images": str(spec.num_images),
     }
-    variance = _variance(plan)
-    if variance is not None:
-        headers["X-Variance"] = variance
+    if ran.variance is not None:
+        headers["X-Variance"] = ran.variance
+    if result is not None and result.degradation is not None:
+        headers["X-Degraded"] = str(result.degradation.reason)
+        headers["X-Steps-Asked"] = str(plan.steps)
     return headers
 
 
 def _png_headers(result: GenerationResult, plan: Plan) -> dict[str, str]:
     t = _timings(result)
     timing = f"queue;dur={t.queue_ms:.1f}, compute;dur={t.compute_ms:.1f}, total;dur={t.total_ms:.1f}"
-    return {**_choice_headers(plan), "Server-Timing": timing}
+    return {**_choice_headers(plan, result), "Server-Timing": timing}

@@ -21,7 +21,7 @@ from service.backends.base import (
     ProgressStream,
     RowStatus,
 )
-from service.backends.triton.protocol import WireRequest
+from service.backends.triton.protocol import WireRequest, decode_degradation
 from service.backends.triton.routing import WorkerState
 
 
@@ -138,6 +138,7 @@ class TritonGeneration:
                 steps=steps,
                 queue_seconds=max(queue, default=0.0),
                 total_seconds=total,
+                degradation=decode_degradation(result.as_numpy("DEGRADATION")),
             )
         )
 

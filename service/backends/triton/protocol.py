@@ -13,6 +13,7 @@ service.engine.errors), its message and, for queue_full, the retry delay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 from service.backends.base import DEFAULT_SAMPLER, GenerationSpec, UnknownModel
 from service.diffusion.config import VarianceType
 from service.engine import errors
+from service.engine.degrade import DegradeReason, StepOption
+from service.engine.generation import Degradation
 
 # name -> (Triton dtype, dims, optional). Every input is a [1] tensor; max_batch_size is 0 because the
 # engine batches across requests by itself (continuous batching), not Triton's dynamic batcher.
@@ -37,6 +40,8 @@ INPUTS: dict[str, tuple[str, tuple[int, ...], bool]] = {
     "PROGRESS": ("BOOL", (1,), True),  # send a PROGRESS response per step milestone
     "CANCEL": ("BOOL", (1,), True),  # a control request: cancel REQUEST_ID's images
     "VARIANCE": ("BYTES", (1,), True),  # absent or empty: the model's own (ddpm's Sigma, see VarianceType)
+    # JSON [{"steps", "sampler", "variance"}, ...]: coarser options accepted under load (engine.degrade)
+    "FALLBACKS": ("BYTES", (1,), True),
 }
 OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "IMAGES": ("UINT8", (-1, -1, -1, -1)),  # [num_images, H, W, C]
@@ -45,6 +50,7 @@ OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "TOTAL_SECONDS": ("FP32", (-1,)),  # per image: arrival -> done
     "PROGRESS": ("INT32", (3,)),  # image_index, steps_done, num_steps (a non-final response)
     "ERROR": ("BYTES", (1,)),  # JSON {"code", "message", "retry_after"} (a final response)
+    "DEGRADATION": ("BYTES", (1,)),  # JSON of engine.generation.Degradation; empty: ran as asked
 }
 NUMPY_DTYPES: dict[str, Any] = {
     "BYTES": np.object_,
@@ -103,6 +109,7 @@ class WireRequest:
     progress: bool = False
     cancel: bool = False
     variance: str | None = None  # a VarianceType value; None: the model's own
+    fallbacks: tuple[StepOption, ...] = ()
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The input tensors of this request (what the gateway sends)."""
@@ -122,6 +129,7 @@ class WireRequest:
                 TIMEOUT_SECONDS=self.timeout_seconds or 0.0,
                 PROGRESS=self.progress,
                 VARIANCE=(self.variance or "").encode(),
+                FALLBACKS=encode_fallbacks(self.fallbacks).encode(),
             )
         return {
             name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
@@ -145,6 +153,7 @@ class WireRequest:
             timeout_seconds=timeout_seconds,
             progress=progress,
             variance=None if spec.variance is None else str(spec.variance),
+            fallbacks=spec.fallbacks,
         )
 
     def spec(self, model: str) -> GenerationSpec:
@@ -162,6 +171,7 @@ class WireRequest:
             eta=self.eta,
             variance=None if self.variance is None else VarianceType(self.variance),
             timeout_seconds=self.timeout_seconds,
+            fallbacks=self.fallbacks,
         )
 
     @classmethod
@@ -193,11 +203,33 @@ class WireRequest:
             progress=bool(scalar("PROGRESS", False)),
             cancel=bool(scalar("CANCEL", False)),
             variance=str(scalar("VARIANCE", "")) or None,
+            fallbacks=decode_fallbacks(str(scalar("FALLBACKS", ""))),
         )
 
 
+def encode_fallbacks(options: tuple[StepOption, ...]) -> str:
+    return json.dumps([[o.steps, o.sampler, o.variance and str(o.variance)] for o in options])
+
+
+def decode_fallbacks(text: str) -> tuple[StepOption, ...]:
+    """The FALLBACKS input; the worker's engine validates every option like a request of its own."""
+    if not text:
+        return ()
+    try:
+        return tuple(
+            StepOption(int(steps), str(sampler), None if variance is None else VarianceType(variance))
+            for steps, sampler, variance in json.loads(text)
+        )
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidRequest(f"FALLBACKS is not a list of [steps, sampler, variance]: {e}") from None
+
+
 def result_tensors(
-    images: np.ndarray, steps: int, queue_seconds: list[float], total_seconds: list[float]
+    images: np.ndarray,
+    steps: int,
+    queue_seconds: list[float],
+    total_seconds: list[float],
+    degradation: Degradation | None = None,
 ) -> dict[str, np.ndarray]:
     """The outputs of a successful final response; `images` is uint8 [n, H, W, C]."""
     return {
@@ -205,7 +237,35 @@ def result_tensors(
         "STEPS_USED": np.array([steps], dtype=np.int32),
         "QUEUE_SECONDS": np.asarray(queue_seconds, dtype=np.float32),
         "TOTAL_SECONDS": np.asarray(total_seconds, dtype=np.float32),
+        "DEGRADATION": np.array([encode_degradation(degradation).encode()], dtype=np.object_),
     }
+
+
+def encode_degradation(degradation: Degradation | None) -> str:
+    if degradation is None:
+        return ""
+    fields = dataclasses.asdict(degradation)
+    fields["variance"] = None if degradation.variance is None else str(degradation.variance)
+    return json.dumps(fields)
+
+
+def decode_degradation(raw: np.ndarray | None) -> Degradation | None:
+    """The DEGRADATION output (absent from older workers, empty when the request ran as asked)."""
+    if raw is None or raw.size == 0:
+        return None
+    value = raw.reshape(-1)[0]
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if not text:
+        return None
+    fields = json.loads(text)
+    return Degradation(
+        reason=DegradeReason(fields["reason"]),
+        steps_asked=fields["steps_asked"],
+        sampler=fields["sampler"],
+        variance=None if fields["variance"] is None else VarianceType(fields["variance"]),
+        steps_used=tuple(fields["steps_used"]),
+        replanned_at=tuple(fields["replanned_at"]),
+    )
 
 
 def progress_tensors(image_index: int, steps_done: int, num_steps: int) -> dict[str, np.ndarray]:
