@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,7 +23,6 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OCCUPANCY_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.9, 1.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-FID_DELTA_BUCKETS = (-5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20)
 
 
 class StepLabels:
@@ -149,12 +148,13 @@ class Metrics:
             ["model", "which"],
             registry=r,
         )
-        self.degraded_fid = Histogram(
+        # A summary (sum and count): the delta may be negative, and prometheus-client leaves the _sum of a
+        # histogram with negative buckets out, which the mean needs.
+        self.degraded_fid = Summary(
             "ddpm_degraded_fid_delta",
             "Calibrated FID as run minus as asked, per degraded request (negative: the frontier's "
             "variant at fewer steps scores better than the asked one)",
             ["model"],
-            buckets=FID_DELTA_BUCKETS,
             registry=r,
         )
         self._quality = {

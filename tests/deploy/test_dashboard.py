@@ -91,10 +91,17 @@ def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(calibrated_model: Path) -> Iterator[str]:
-    """A live gateway that has served two good requests and refused a bad one."""
+    """A live gateway that has served three good requests (one degraded: four images in two slots queue
+    behind the first, service.engine.degrade) and refused a bad one."""
     with served(create_app(gateway_settings(calibrated_model, max_batch=2))) as base:
-        for body in ({"class_label": 1, "steps": 2}, {"class_label": 2, "steps": 4, "num_images": 2}):
+        degraded = {"class_label": 3, "steps": 4, "num_images": 4, "min_steps": 2}
+        for body in (
+            {"class_label": 1, "steps": 2},
+            {"class_label": 2, "steps": 4, "num_images": 2},
+            degraded,
+        ):
             assert httpx.post(f"{base}/generate", json=body, timeout=60).status_code == 200
+        assert "X-Degraded" in httpx.post(f"{base}/generate", json=degraded, timeout=60).headers
         assert httpx.post(f"{base}/generate", json={"class_label": 99, "steps": 2}).status_code == 422
         yield base
 
