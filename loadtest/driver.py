@@ -28,6 +28,7 @@ TERMINAL_STATUSES = (200, 429, 504)  # the answers an overloaded server is allow
 MAX_CONNECTIONS = 1024  # never the bottleneck: an open-loop driver must not queue in its own pool
 NUM_CLASSES = 10  # every benchmarked model (fmnist-small, tiny-test) has ten classes
 BodyFields = Callable[[int], Mapping[str, object]]  # request index -> extra body fields
+Detail = Callable[[httpx.Response], Mapping[str, object]]  # a 200's response -> what to keep of it
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Outcome:
     status: int | None = None  # HTTP status; None when there was no HTTP answer
     error: str | None = None  # client-side failure (timeout, connection error): its exception name
     censored: bool = False  # still pending at the wall cap, so cancelled by the driver
+    detail: Mapping[str, object] | None = None  # what the run's `detail` kept of a 200's response
 
     @property
     def kind(self) -> str:
@@ -86,6 +88,7 @@ class _Run:
     timeout_ms: int | None
     records: list[Outcome] = field(default_factory=list)  # a list, so a double record would show
     fields: BodyFields | None = None  # more body fields per request index (e.g. a sampler mix)
+    detail: Detail | None = None  # what to keep of each 200's response (e.g. the K it ran)
 
     def now(self) -> float:
         return time.perf_counter() - self.start
@@ -104,9 +107,12 @@ class _Run:
         status: int | None = None
         error: str | None = None
         censored = False
+        detail: Mapping[str, object] | None = None
         try:
             response = await self.client.post("/generate", json=body)
             status = response.status_code
+            if status == 200 and self.detail is not None:
+                detail = self.detail(response)
         except Exception as e:  # any failure on the client side (timeout, reset, protocol) is one record
             error = type(e).__name__
         except asyncio.CancelledError:
@@ -125,6 +131,7 @@ class _Run:
                     status=status,
                     error=error,
                     censored=censored,
+                    detail=detail,
                 )
             )
 
@@ -168,13 +175,17 @@ async def open_loop(
     client_timeout_s: float,
     timeout_ms: int | None = None,
     start: float | None = None,
+    fields: BodyFields | None = None,
+    detail: Detail | None = None,
 ) -> list[Outcome]:
     """Send each arrival at its time; return one Outcome per arrival, in arrival order. `start` (a
-    time.perf_counter() value, default now) is the origin of the schedule and of every record."""
+    time.perf_counter() value, default now) is the origin of the schedule and of every record;
+    `fields(index)` adds body fields to request `index`, `detail` keeps part of each 200's response."""
     if arrivals and arrivals[-1].at_s >= wall_cap_s:
         raise ValueError(f"the last arrival ({arrivals[-1].at_s:.1f} s) is past the wall cap {wall_cap_s} s")
     async with _client(base_url, client_timeout_s) as client:
-        run = _Run(client, time.perf_counter() if start is None else start, timeout_ms)
+        origin = time.perf_counter() if start is None else start
+        run = _Run(client, origin, timeout_ms, fields=fields, detail=detail)
         tasks = []
         for arrival in arrivals:
             delay = arrival.at_s - run.now()

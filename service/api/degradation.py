@@ -37,6 +37,13 @@ def _variance_name(plan: Plan, sampler: str, variance: VarianceType | None) -> s
     return str(variance or plan.info.manifest.diffusion.variance_type)
 
 
+def calibrated_fid(result: GenerationResult, plan: Plan) -> float | None:
+    """tradeoff.json's FID of what ran (interpolated in log K for an uncalibrated K); None when the
+    variant has no calibrated points around that K."""
+    ran = AsRun.of(result, plan)
+    return estimated_fid(plan.info, ran.kind, ran.steps)
+
+
 def degradation_info(result: GenerationResult, plan: Plan) -> DegradationInfo:
     degradation = result.degradation
     assert degradation is not None, "only for a degraded result"
@@ -46,8 +53,8 @@ def degradation_info(result: GenerationResult, plan: Plan) -> DegradationInfo:
     why = {
         "deadline": "the asked K would have ended after the deadline at the current load",
         "queue": "work was queued behind it",
-        "replanned": f"its deadline came at risk after {min(replanned, default=0)} steps, so the rest of "
-        "its schedule was made coarser",
+        "replanned": f"after {min(replanned, default=0)} steps the load rose (its deadline came at risk, "
+        "or work queued behind it), so the rest of its schedule was made coarser",
     }[str(degradation.reason)]
     return DegradationInfo(
         reason=degradation.reason.value,

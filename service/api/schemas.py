@@ -175,7 +175,8 @@ DegradeReasonName = Literal["deadline", "queue", "replanned"]
 class DegradationInfo(BaseModel):
     reason: DegradeReasonName = Field(
         description="deadline: the asked K would have ended after timeout_ms; queue: admitted smaller "
-        "because work was queued behind it; replanned: shortened mid-flight when its deadline came at risk."
+        "because work was queued behind it; replanned: shortened mid-flight when the load rose (its deadline "
+        "came at risk, or work queued behind it)."
     )
     message: str = Field(description="What ran instead of what was asked, in words.")
     steps_asked: int

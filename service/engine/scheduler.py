@@ -14,8 +14,9 @@ Each iteration, `schedule()`
      spent on an image that ends in a 504 anyway is taken from requests that could still make it. A row
      with fallbacks (coarser (sampler, K) its caller accepts) is admitted at the option the deadline and
      the queue behind it allow, and refused only when not even its floor fits (service.engine.degrade),
-  4. lists running rows with fallbacks whose deadline came at risk, with the steps they can still
-     afford: the executor re-plans them onto a coarser schedule from their current t,
+  4. lists running rows with fallbacks whose deadline came at risk or whose K the queue behind them no
+     longer allows, with the steps they may keep: the executor re-plans them onto a coarser schedule
+     from their current t,
   5. returns every row in a slot: the executor advances each of them by exactly one step.
 """
 
@@ -27,7 +28,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.engine.degrade import DEADLINE_MARGIN, GroupDecision, choose_option, replan_budget
+from service.engine.degrade import (
+    DEADLINE_MARGIN,
+    GroupDecision,
+    choose_option,
+    pressure_budget,
+    pressure_cap,
+    replan_budget,
+)
 from service.engine.errors import Cancelled, DeadlineExceeded, EngineError, InvalidRequest, QueueFull
 from service.engine.request import RowState, RowStatus
 
@@ -148,16 +156,27 @@ class Scheduler:
     def _at_risk(
         self, now: float, running: list[RowState], admitted: list[RowState]
     ) -> list[tuple[RowState, int]]:
-        """Running rows with fallbacks whose remaining steps would end after their deadline."""
+        """Running rows with fallbacks that must shorten: their remaining steps would end after their
+        deadline, or exceed their share of the queue-pressure cap (degrade.py), with the steps they keep."""
         fresh = {id(row) for row in admitted}  # just sized to fit at admission
+        queued = len(self._queue)
         at_risk = []
         for row in running:
-            deadline = row.request.deadline
-            if deadline is None or row.request.floor_steps is None or id(row) in fresh:
+            floor = row.request.floor_steps
+            if floor is None or id(row) in fresh:
                 continue
-            budget = replan_budget(row.cursor + 1, deadline - now, self.seconds_per_step)
-            if budget is not None:
-                at_risk.append((row, budget))
+            remaining = row.cursor + 1
+            budgets = []
+            deadline = row.request.deadline
+            if deadline is not None:
+                budgets.append(replan_budget(remaining, deadline - now, self.seconds_per_step))
+            asked = (row.asked or row.request).steps
+            if isinstance(asked, int):
+                cap = pressure_cap(asked, floor, queued, self.num_slots, self.max_queue)
+                budgets.append(pressure_budget(cap, remaining, row.num_steps))
+            kept = [budget for budget in budgets if budget is not None]
+            if kept:
+                at_risk.append((row, min(kept)))
         return at_risk
 
     def _admit(self, now: float, dropped: list[tuple[RowState, EngineError]]) -> list[RowState]:
@@ -187,7 +206,13 @@ class Scheduler:
         group = row.group if row.group is not None else GroupDecision()
         time_left = None if request.deadline is None else request.deadline - now
         chosen = choose_option(
-            options, group.index, time_left, self.seconds_per_step, len(self._queue), self.num_slots
+            options,
+            group.index,
+            time_left,
+            self.seconds_per_step,
+            len(self._queue),
+            self.num_slots,
+            self.max_queue,
         )
         if chosen is None:
             floor = options[-1].steps

@@ -56,7 +56,7 @@ def test_queue_pressure_degrades_to_the_frontier_down_to_the_floor(client: TestC
     body = _post(client, min_steps=5)
     d = body["degradation"]
     assert body["degraded"] and d["reason"] == "queue"
-    # Three rows behind the first with one slot: cap 20 x 1/3 -> the floor, on the frontier dpm++2m K=5.
+    # Three rows behind the first with one slot (the floor from two on): on the frontier, dpm++2m K=5.
     assert (body["steps"], body["sampler"], body["variance"]) == (5, "dpm++2m", None)
     assert d["steps_asked"] == 20 and d["sampler_asked"] == "ddpm" and d["steps_used"] == [5, 5, 5, 5]
     assert d["replanned_at"] == [None] * 4
@@ -120,5 +120,5 @@ def test_bad_tolerances_are_refused_naming_the_field(
 
 def test_an_uncalibrated_model_degrades_by_halving_down_to_the_floor(client: TestClient) -> None:
     body = _post(client, model="tiny-raw", min_steps=3)
-    # Options 20, 10, 5, 3: the cap 20 x 1/3 = 6.7 takes the largest option under it.
-    assert body["degraded"] and body["steps"] == 5 and body["sampler"] == "ddpm"
+    # Options 20, 10, 5, 3 (halvings, then the floor); three rows behind one slot: the floor.
+    assert body["degraded"] and body["steps"] == 3 and body["sampler"] == "ddpm"

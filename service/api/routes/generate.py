@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from service.api.context import AppContext, Context
-from service.api.degradation import AsRun, degradation_info
+from service.api.degradation import AsRun, calibrated_fid, degradation_info
 from service.api.errors import CLIENT_CLOSED_REQUEST, ApiError, as_api_error, error_body
 from service.api.planning import Plan, plan_generation
 from service.api.schemas import (
@@ -232,6 +232,10 @@ def _choice_headers(plan: Plan, result: GenerationResult | None = None) -> dict[
     if result is not None and result.degradation is not None:
         headers["X-Degraded"] = str(result.degradation.reason)
         headers["X-Steps-Asked"] = str(plan.steps)
+    if result is not None:
+        fid = calibrated_fid(result, plan)
+        if fid is not None:
+            headers["X-Calibrated-FID"] = f"{fid:.4g}"
     return headers
 
 
