@@ -35,7 +35,7 @@ import torch
 from bench import beside, gpu_section, idle_vs_bare, served_vs_ceiling
 from bench.model import bundled_model
 from bench.variants import Networks, Variant
-from loadtest import budgets, mixed_latency, mixed_samplers, overload, report, startup
+from loadtest import adaptive, budgets, mixed_latency, mixed_samplers, overload, report, startup
 from loadtest.machine import Machine, describe
 from service.engine.buckets import dense_bucket_sizes
 from service.engine.compile import resolved_precision
@@ -115,6 +115,13 @@ def _summary(r: Results) -> str:
         ),
         ("(d) server RSS growth under overload < 10 %", f"{d.rss_growth:+.1%}", verdict(d.rss_growth < 0.10)),
         (
+            f"adaptive budgets at 2× saturation: answered in time ≥ {adaptive.IN_TIME_BAR:.0%}, goodput ≥ "
+            f"{adaptive.GOODPUT_BAR}, none lost",
+            f"{r.adaptive.adaptive.in_time / len(r.adaptive.adaptive.outcomes):.1%}, "
+            f"{r.adaptive.adaptive.goodput:.3f}, {r.adaptive.adaptive.lost} lost",
+            verdict(r.adaptive.met),
+        ),
+        (
             "GPU: fp16 + compile + CUDA graphs vs fp32 eager, MFU, K=250 fp16 finiteness",
             "not measured (no GPU)",
             "–",
@@ -191,6 +198,7 @@ class Results:
     d: overload.OverloadResult
     startup: startup.StartupResult
     samplers: mixed_samplers.MixedSamplers
+    adaptive: adaptive.AdaptiveResult
 
 
 RERUN = """## How to rerun
@@ -205,6 +213,7 @@ RERUN = """## How to rerun
 .venv/bin/python -m loadtest.startup                                # start-up to /readyz
 .venv/bin/python -m loadtest.overload --duration 60                # (d) alone
 .venv/bin/python -m loadtest.mixed_samplers --window 60           # mixed samplers vs one sampler
+.venv/bin/python -m loadtest.adaptive --out docs/adaptive.md      # plain shedding vs adaptive budgets
 .venv/bin/python -m bench.gpu_check --out gpu.md                   # on a CUDA machine (see GPU)
 .venv/bin/python -m loadtest.triton_bench                        # gateway over Triton vs embedded
 .venv/bin/python -m loadtest.replay --base-url URL --out DIR      # any deployment, any K mix
@@ -280,7 +289,12 @@ def main() -> None:
     )
     up = _phase("start-up", timings, lambda: startup.run(model_dir))
     mixed = _phase("mixed samplers", timings, lambda: mixed_samplers.run(model_dir))
-    results = Results(a, a_one, c, c_one, near, kept, b, d, up, mixed)
+    adapt = _phase(
+        "adaptive budgets",
+        timings,
+        lambda: adaptive.run(model_dir, a.requests_per_s, "completed in (a)", args.overload_duration),
+    )
+    results = Results(a, a_one, c, c_one, near, kept, b, d, up, mixed, adapt)
     total = time.perf_counter() - started
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     builds = {f"{p.value} batch {batch}": seconds for (p, batch), seconds in networks.build_seconds.items()}
@@ -301,6 +315,7 @@ def main() -> None:
             d.markdown(),
             up.markdown(),
             mixed.markdown(),
+            adapt.markdown(),
             gpu_section.MARKDOWN,
             RERUN,
         ]

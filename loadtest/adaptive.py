@@ -48,6 +48,42 @@ IN_TIME_BAR = 0.95
 GOODPUT_BAR = 0.95
 
 
+HOW = """## How it works
+
+A request opts in with `min_steps` (the fewest steps it accepts) and/or `max_degraded_fid` (the worst
+calibrated FID it accepts). The gateway turns that into fallbacks: the calibrated frontier's points below
+the asked K and at or above the floor (the named sampler's own points when the request names one),
+then the floor itself (`service/api/fallbacks.py`). The engine picks among them with the live load
+(`service/engine/degrade.py`):
+
+- **At admission into a slot**: the largest option that ends before the deadline at the measured
+  iteration time (× 1.2) and is no larger than the queue-pressure cap: no cap while at most a quarter of
+  the slots' worth of rows wait behind it, then falling geometrically to the floor, reached at one
+  slot-full of waiting rows (or half the queue's limit, if less). The images of one request share the
+  decision. A row is refused only when not even its floor fits the deadline.
+- **Mid-flight**: a running row whose remaining steps would end after its deadline, or exceed its
+  share of the queue-pressure cap, is re-planned onto its own sampler's coarsest schedule from its
+  current timestep that fits, never below the floor (`service/diffusion/replan.py`): the steps already
+  taken and the current t stay, the steps below t become those of the coarser schedule, and the
+  current step's coefficients are recomputed for its new target (for ancestral DDPM, the respacing of
+  the remaining interval; for DDIM and DPM-Solver++, a shorter timestep list from the current t).
+
+Reproducibility. A row that is not re-planned is what it would be alone, whatever else is in its batch
+(degrading at admission only changes which (sampler, K) it runs, and the response says which: that
+request, sent again with those fields, gives the same image). A re-planned row's trajectory equals a
+fresh run on the combined schedule with the same seed: every step before the re-plan keeps its
+coefficients (a step's coefficients depend on its own t and the next kept t below it, both unchanged),
+and the noise stream draws once per step either way (`tests/engine/test_replan.py`, to 1e-5, for ddpm
+with learned and fixed-small variances, DDIM and DPM-Solver++). It is reproducible given the same re-plan
+point (the response's `degradation.replanned_at`), which depends on the load at the time: the same
+request sent again under another load may be re-planned elsewhere or not at all.
+
+The response and `/metrics` say what degrading cost: `degradation` (reason, K and sampler asked vs
+used, per-image steps, the calibrated FID asked vs used), `ddpm_degraded_requests_total{reason}`,
+`ddpm_degraded_steps_total{which="asked"|"used"}` and the summary `ddpm_degraded_fid_delta` (Grafana
+panel 12)."""
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
@@ -171,6 +207,12 @@ class AdaptiveResult:
     @property
     def adaptive(self) -> ModeResult:
         return self.runs[1]
+
+    @property
+    def met(self) -> bool:
+        a = self.adaptive
+        in_time = a.in_time / len(a.outcomes)
+        return in_time >= IN_TIME_BAR and a.goodput >= GOODPUT_BAR and a.lost == 0
 
     def _setup(self) -> str:
         waits = " s and ".join(f"{run.compiled_wait_s:.0f}" for run in self.runs)
@@ -309,9 +351,11 @@ def main() -> None:
         [
             "# Load-adaptive step budgets",
             f"Written by `python -m loadtest.adaptive` on {when} ({minutes:.1f} min). Generated: rerun "
-            "rather than edit. Nothing else ran on the machine: the benchmark process (load generator and "
-            "the raw-ceiling probe) and one server at a time.",
-            report.table(["Machine", ""], machine.rows()),
+            "rather than edit. Nothing else ran on the machine: the benchmark process (the load "
+            "generator, one intra-op thread) and one server at a time (default settings: its threads "
+            "chosen per batch size).",
+            report.table(["Machine", ""], [row for row in machine.rows() if row[0] != "torch threads"]),
+            HOW,
             result.markdown(),
         ]
     )
