@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,7 +33,14 @@ def cosine_betas(num_timesteps: int) -> np.ndarray:
 
 
 def named_betas(schedule: NoiseSchedule | str, num_timesteps: int) -> np.ndarray:
-    schedule = NoiseSchedule(schedule)
+    """A copy of the schedule's betas (the caller may change it)."""
+    return _betas(NoiseSchedule(schedule), num_timesteps).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _betas(schedule: NoiseSchedule, num_timesteps: int) -> np.ndarray:
+    # Cached: the cosine schedule is a Python loop over T (about 20 ms at T = 4000), and every process a
+    # request's validation or a re-plan builds starts from it.
     if schedule is NoiseSchedule.LINEAR:
         return linear_betas(num_timesteps)
     return cosine_betas(num_timesteps)

@@ -99,7 +99,7 @@ class EngineCore:
         try:
             num_steps = spec.validate(
                 self.model.manifest,
-                lambda steps: self.tables.get(steps, str(spec.sampler)).num_steps,
+                lambda steps, sampler: self.tables.get(steps, sampler).num_steps,
                 has_gamma=self.model.gamma is not None,
             )
             rows = [RowState(request, num_steps, on_done, on_progress) for request in spec.rows(group_id)]

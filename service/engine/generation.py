@@ -17,7 +17,7 @@ import numpy as np
 
 from service.diffusion.config import VarianceType
 from service.diffusion.respacing import RespacingError
-from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, Sampler
+from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from service.engine.degrade import DegradeReason, StepOption
 from service.engine.errors import Cancelled, EngineError, InvalidRequest
 from service.engine.request import Request, RowResult
@@ -46,12 +46,12 @@ class GenerationSpec:
     def validate(
         self,
         manifest: ModelManifest,
-        respace: Callable[[int | str], int] | None = None,
+        respace: Callable[[int | str, str], int] | None = None,
         has_gamma: bool = False,
     ) -> int:
         """Check every field against the model; returns K after respacing. Raises InvalidRequest.
 
-        `respace(steps)` gives K for a step budget of this spec's sampler (raising RespacingError);
+        `respace(steps, sampler)` gives K for a step budget of a sampler (raising RespacingError);
         engines pass their cached coefficient tables, the default builds the sampler's process.
         `has_gamma`: the model has its Gamma table (gamma.json), which variance=analytic needs."""
         if self.model != manifest.name:
@@ -80,11 +80,14 @@ class GenerationSpec:
             raise InvalidRequest(message, "model")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise InvalidRequest(f"the timeout must be positive, got {self.timeout_seconds}", "timeout_ms")
-        num_steps = _num_steps(self.steps, manifest, respace or partial(_schedule_length, sampler, manifest))
-        self._check_fallbacks(manifest, has_gamma)
+        by_sampler = respace or partial(_schedule_length, manifest)
+        num_steps = _num_steps(self.steps, manifest, lambda steps: by_sampler(steps, sampler.name))
+        self._check_fallbacks(manifest, by_sampler, has_gamma)
         return num_steps
 
-    def _check_fallbacks(self, manifest: ModelManifest, has_gamma: bool) -> None:
+    def _check_fallbacks(
+        self, manifest: ModelManifest, respace: Callable[[int | str, str], int], has_gamma: bool
+    ) -> None:
         """Each fallback is a valid request of its own, with fewer steps than the one before it."""
         if not self.fallbacks:
             return
@@ -102,7 +105,7 @@ class GenerationSpec:
                 self.model, self.class_label, option.steps, sampler=option.sampler, variance=option.variance
             )
             try:
-                alone.validate(manifest, has_gamma=has_gamma)
+                alone.validate(manifest, respace, has_gamma)
             except InvalidRequest as e:
                 raise InvalidRequest(
                     f"fallback {option.sampler} K={option.steps}: {e}", "min_steps"
@@ -253,8 +256,8 @@ def _check_label(class_label: int | None, manifest: ModelManifest) -> None:
         raise InvalidRequest(message, "class_label")
 
 
-def _schedule_length(sampler: Sampler, manifest: ModelManifest, steps: int | str) -> int:
-    return sampler.schedule(manifest.diffusion, steps).num_timesteps
+def _schedule_length(manifest: ModelManifest, steps: int | str, sampler: str) -> int:
+    return SAMPLERS[sampler].schedule(manifest.diffusion, steps).num_timesteps
 
 
 def _num_steps(steps: int | str, manifest: ModelManifest, respace: Callable[[int | str], int]) -> int:
