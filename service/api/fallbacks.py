@@ -23,8 +23,7 @@ import math
 from service.api.errors import ApiError, invalid
 from service.api.schemas import GenerateRequest
 from service.api.selection import StepChoice, calibrated_points, choose_auto, frontier_points
-from service.backends.base import ModelInfo
-from service.engine.degrade import StepOption
+from service.backends.base import ModelInfo, StepOption
 from service.quality.sampler_kinds import sampler_kind
 from service.quality.tradeoff import TradeoffPoint
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from service.diffusion.samplers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 from service.engine import errors
+from service.engine.degrade import StepOption
 from service.engine.errors import EngineError, InvalidRequest
 from service.engine.generation import MAX_SEED, GenerationProgress, GenerationResult, GenerationSpec
 from service.engine.observer import EngineObserver, NullObserver
@@ -51,6 +52,7 @@ __all__ = [
     "ProgressStream",
     "RowRequest",
     "RowStatus",
+    "StepOption",
     "UnknownModel",
     "errors",
 ]
