@@ -94,6 +94,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         data_dir=args.data_dir,
     )
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     run = train(
         config, Path(args.run_dir), export_dir=Path(args.out), resume=args.resume, progress=not args.quiet
     )
@@ -314,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: every core; bench/train_speed.py measures 1 vs 2)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from service.model.layers import GroupNorm32
+from service.model.layers import GROUPS, GroupNorm32
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -39,14 +39,14 @@ def qkv_attention_new(qkv: Tensor, num_heads: int) -> Tensor:
 class AttentionBlock(nn.Module):
     """GN -> qkv (Conv1d k=1) over flattened H*W -> attention -> proj_out -> residual add."""
 
-    def __init__(self, channels: int, num_heads: int, new_order: bool = False) -> None:
+    def __init__(self, channels: int, num_heads: int, new_order: bool = False, groups: int = GROUPS) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
         self.channels = channels
         self.num_heads = num_heads
         self.new_order = new_order
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 

@@ -12,6 +12,9 @@ class ConfigError(ValueError):
     """A manifest or preset describes an architecture that cannot be built."""
 
 
+DEFAULT_NORM_GROUPS = 32
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Constructor arguments shared by improved-diffusion and guided-diffusion UNets.
@@ -39,6 +42,9 @@ class UNetConfig:
     dropout: float = 0.0
     conv_resample: bool = True
     pool: str = "attention"
+    # Groups of every GroupNorm. 32 in every released model (where 128+ channels make 4+ channels a
+    # group); fewer groups give a narrow model's norms several channels each (docs/quality.md).
+    norm_groups: int = DEFAULT_NORM_GROUPS
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +61,12 @@ class UNetConfig:
             raise ConfigError(f"architecture.num_classes must be >= 1 or null, got {self.num_classes}")
         if self.num_head_channels == -1 and self.num_heads < 1:
             raise ConfigError("architecture.num_heads must be >= 1 when num_head_channels is -1")
+        widths = sorted({int(m * self.model_channels) for m in self.channel_mult})
+        if self.norm_groups < 1 or any(width % self.norm_groups for width in widths):
+            raise ConfigError(
+                f"architecture.norm_groups must divide every level's channels {widths}, "
+                f"got {self.norm_groups}"
+            )
 
     @property
     def heads_upsample(self) -> int:
@@ -63,6 +75,8 @@ class UNetConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("extra")
+        if self.norm_groups == DEFAULT_NORM_GROUPS:
+            d.pop("norm_groups")  # manifests of every released model stay as they were
         d["attention_resolutions"] = list(self.attention_resolutions)
         d["channel_mult"] = [int(m) if float(m).is_integer() else m for m in self.channel_mult]
         return d

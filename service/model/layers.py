@@ -10,15 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GROUPS = 32
+GROUPS = 32  # every released improved/guided-diffusion model (the reference's GroupNorm32)
 GROUP_NORM_EPS = 1e-5
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32, C, eps=1e-5) evaluated in float32, so fp16 torsos keep fp32 statistics."""
+    """GroupNorm(groups, C, eps=1e-5) evaluated in float32, so fp16 torsos keep fp32 statistics. The
+    name is the reference's; `groups` is 32 there, and the architecture's `norm_groups` here."""
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(GROUPS, channels, eps=GROUP_NORM_EPS)
+    def __init__(self, channels: int, groups: int = GROUPS) -> None:
+        super().__init__(groups, channels, eps=GROUP_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.float()).to(x.dtype)
@@ -92,12 +93,13 @@ class ResBlock(TimestepBlock):
         use_scale_shift_norm: bool = False,
         up: bool = False,
         down: bool = False,
+        groups: int = GROUPS,
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         # Parameter-free resamplers: guided's up/down blocks resample h and the skip input alike.
         self.updown = up or down
@@ -110,7 +112,7 @@ class ResBlock(TimestepBlock):
         emb_out = 2 * out_channels if use_scale_shift_norm else out_channels
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels),
+            GroupNorm32(out_channels, groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),

@@ -37,7 +37,9 @@ def attention_block(config: UNetConfig, channels: int, num_heads: int) -> Attent
     heads = heads_for(config, channels, num_heads)
     if channels % heads:
         raise ConfigError(f"{channels} attention channels do not split into {heads} heads")
-    return AttentionBlock(channels, heads, new_order=config.use_new_attention_order)
+    return AttentionBlock(
+        channels, heads, new_order=config.use_new_attention_order, groups=config.norm_groups
+    )
 
 
 def level_channels(config: UNetConfig) -> list[int]:
@@ -52,6 +54,7 @@ def resblock(config: UNetConfig, channels: int, out_channels: int, **updown: boo
         config.dropout,
         out_channels=out_channels,
         use_scale_shift_norm=config.use_scale_shift_norm,
+        groups=config.norm_groups,
         **updown,
     )
 
@@ -118,7 +121,9 @@ class UNetModel(nn.Module):
         self.output_blocks = build_decoder(config, skip_chans, ds)
         head_ch = level_channels(config)[0]
         self.out = nn.Sequential(
-            GroupNorm32(head_ch), nn.SiLU(), nn.Conv2d(head_ch, config.out_channels, 3, padding=1)
+            GroupNorm32(head_ch, config.norm_groups),
+            nn.SiLU(),
+            nn.Conv2d(head_ch, config.out_channels, 3, padding=1),
         )
 
     def convert_torso_to(self, dtype: torch.dtype) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from service.model.attention import AttentionBlock, AttentionPool2d
+from service.model.config import ConfigError, UNetConfig
 from service.model.factory import build_model
 from service.model.presets import PRESETS, UnknownPresetError, get_preset
 from tests.golden import load_manifest, manifest_names
@@ -107,7 +109,7 @@ def test_unknown_preset_lists_valid_names() -> None:
     assert "64x64_diffusion" in str(info.value) and "tiny-test" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["fmnist-small", "tiny-test"])
+@pytest.mark.parametrize("name", ["fmnist-small", "fmnist-small-g8", "tiny-test"])
 def test_own_presets_run(name: str) -> None:
     preset = get_preset(name)
     assert preset.repo == "ddpm-serve" and preset.checkpoint is None and preset.url is None
@@ -134,3 +136,33 @@ def test_torso_dtype_keeps_io_float32_and_stays_close() -> None:
     assert net.out[2].weight.dtype == torch.float32 and net.time_embed[0].weight.dtype == torch.float32
     assert net.input_blocks[0][0].weight.dtype == torch.bfloat16
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def group_counts(net: nn.Module) -> set[int]:
+    return {m.num_groups for m in net.modules() if isinstance(m, nn.GroupNorm)}
+
+
+def test_norm_groups_gives_the_small_model_several_channels_a_group_at_the_same_compute() -> None:
+    small, grouped = get_preset("fmnist-small").unet, get_preset("fmnist-small-g8").unet
+    assert dataclasses.replace(grouped, norm_groups=32) == small  # nothing else differs
+    a, b = build_model(small), build_model(grouped)
+    assert group_counts(a) == {32} and group_counts(b) == {8}
+    # The output block: 32 channels, one a group at 32 groups, four a group at 8 (as 128 / 32 released).
+    assert (b.out[0].num_channels, b.out[0].num_groups) == (32, 8)
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_released_presets_keep_32_groups_and_their_manifests_do_not_mention_it() -> None:
+    for name in PRESETS:
+        unet = get_preset(name).unet
+        assert unet.norm_groups == (8 if name == "fmnist-small-g8" else 32), name
+        assert ("norm_groups" in unet.to_dict()) == (name == "fmnist-small-g8"), name
+
+
+def test_norm_groups_must_divide_every_level() -> None:
+    small = get_preset("fmnist-small").unet
+    with pytest.raises(ConfigError, match="norm_groups must divide"):
+        dataclasses.replace(small, norm_groups=5)
+    with pytest.raises(ConfigError, match="norm_groups"):
+        UNetConfig.from_dict({**small.to_dict(), "norm_groups": 0})
