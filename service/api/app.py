@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from service.api import errors, openapi
+from service.api.auth import BearerAuth, key_id
 from service.api.context import AppContext
 from service.api.metrics import Metrics
 from service.api.routes import generate, health, models
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     """Build the app; `backend` replaces the one `settings.backend` names (tests, other deployments).
     Raises SettingsError when a model folder is missing."""
     settings = settings or Settings()
+    auth = settings.auth()  # before anything starts: a bad key file stops the server here
     metrics = Metrics(settings.metric_steps)
     context = AppContext(settings, backend or _backend(settings, metrics), metrics)
 
@@ -67,7 +69,15 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     errors.install(app, on_error=lambda request, error: _count_failure(metrics, request, error))
     for router in (generate.router, models.router, health.router):
         app.include_router(router)
-    openapi.install(app, context)
+    openapi.install(app, context, auth)
+    if auth is not None:
+        app.add_middleware(BearerAuth, settings=auth, on_refused=metrics.count_auth_refusal)
+        log.info(
+            "API keys required (%d keys: %s) except on %s",
+            len(auth.keys),
+            ", ".join(key_id(key) for key in auth.keys),
+            ", ".join(sorted(auth.public_paths)),
+        )
     return app
 
 

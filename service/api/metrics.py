@@ -135,6 +135,12 @@ class Metrics:
             ["model", "engine"],
             registry=r,
         )
+        self.auth_refused = Counter(
+            "ddpm_auth_refused_total",
+            "Requests refused before routing: unauthorized, or a key's concurrency / rate limit",
+            ["code", "key"],  # key: the key's id (service.api.auth.key_id), bounded by the configured keys
+            registry=r,
+        )
         # Load-adaptive budgets (service.engine.degrade): what degrading cost, by why it happened.
         self.degraded = Counter(
             "ddpm_degraded_requests_total",
@@ -198,6 +204,10 @@ class Metrics:
         self.requests.labels(model, k, sampler, status).inc()
         if seconds is not None:
             self.request_seconds.labels(model, k, sampler).observe(seconds)
+
+    def count_auth_refusal(self, code: str, key: str | None) -> None:
+        """A request refused by the auth middleware; `key` is a key id (never a key), None without one."""
+        self.auth_refused.labels(code, key or "none").inc()
 
     def count_degradation(
         self, model: str, reason: str, steps_asked: int, steps_used: Sequence[int], fid_delta: float | None

@@ -16,10 +16,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.auth import AuthSettings
 from service.api.context import AppContext
 
 
-def install(app: FastAPI, context: AppContext) -> None:
+def install(app: FastAPI, context: AppContext, auth: AuthSettings | None = None) -> None:
+    """`auth`: when keys are required, the schema says so (a bearer scheme on every non-public path)."""
     base: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
@@ -33,6 +35,8 @@ def install(app: FastAPI, context: AppContext) -> None:
         fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
         for name, bound in limits(context).items():
             _set_maximum(fields[name], bound)
+        if auth is not None:
+            _require_bearer(schema, auth)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -44,11 +48,26 @@ def limits(context: AppContext) -> dict[str, int]:
     bounds = {"num_images": settings.max_num_images, "timeout_ms": settings.max_timeout_ms}
     models = list(context.models.values())
     if models:
-        bounds["steps"] = max(info.num_timesteps for info in models)
+        bounds["steps"] = bounds["min_steps"] = max(info.num_timesteps for info in models)
         labels = [info.num_classes for info in models if info.num_classes is not None]
         if labels:
             bounds["class_label"] = max(labels) - 1
     return bounds
+
+
+def _require_bearer(schema: dict[str, Any], auth: AuthSettings) -> None:
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key of this server (DDPM_API_KEYS)",
+    }
+    unauthorized = {"description": "Missing or invalid API key", "content": {"application/json": {}}}
+    for path, operations in schema.get("paths", {}).items():
+        if path in auth.public_paths:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}]
+            operation.setdefault("responses", {})["401"] = unauthorized
 
 
 def _set_maximum(field: dict[str, Any], bound: int) -> None:

@@ -7,18 +7,23 @@ DDPM_MODEL_DIRS=model_store/a,model_store/b and DDPM_METRIC_STEPS=10,50,250.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.api.auth import AuthSettings, read_keys
 from service.backends.base import Precision
 
 DEFAULT_MODEL_DIR = Path("model_store/fmnist-small")
 # The checkout the package was installed from (editable installs), so `ddpm-serve` finds the bundled model
 # from any working directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+MIN_KEY_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -79,8 +84,30 @@ class Settings(BaseSettings):
         description="K values reported exactly in metric labels; others fall in le_<K>/gt_<K> buckets",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Authentication (service/api/auth.py): off unless keys are given.
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys (comma-separated); when any is set, every path but public_paths needs "
+        "Authorization: Bearer <key>",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="a file of API keys, one per line ('#' comments), added to api_keys"
+    )
+    public_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description="paths that answer without a key when keys are configured",
+    )
+    key_max_concurrency: int | None = Field(
+        default=None, ge=1, description="POST /generate requests in flight per key (unset: no limit)"
+    )
+    key_rate_per_s: float | None = Field(
+        default=None, gt=0, description="POST /generate requests per second per key (unset: no limit)"
+    )
+    key_burst: int | None = Field(
+        default=None, ge=1, description="requests a key may send at once above its rate; unset: ceil(rate)"
+    )
 
-    @field_validator("model_dirs", "metric_steps", "triton_urls", mode="before")
+    @field_validator("model_dirs", "metric_steps", "triton_urls", "api_keys", "public_paths", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # NoDecode hands env strings over raw: accept a JSON list or a comma-separated one.
@@ -110,6 +137,27 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            secret = key.get_secret_value()
+            if len(secret) < MIN_KEY_LENGTH or any(c.isspace() for c in secret):
+                # The message never repeats the key.
+                raise ValueError(
+                    f"every API key must be at least {MIN_KEY_LENGTH} characters without spaces "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+        return value
+
+    @field_validator("public_paths")
+    @classmethod
+    def _absolute_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"public_paths must be absolute paths such as /healthz, got {path!r}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if not self.model_dirs:
@@ -124,6 +172,28 @@ class Settings(BaseSettings):
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ValueError("default_timeout_ms cannot exceed max_timeout_ms")
         return self
+
+    def auth(self) -> AuthSettings | None:
+        """The authentication settings, None when no key is configured (SettingsError for a bad file)."""
+        try:
+            keys = read_keys(
+                (k.get_secret_value() for k in self.api_keys),
+                None if self.api_keys_file is None else str(self.api_keys_file),
+            )
+        except OSError as e:
+            raise SettingsError(
+                f"api_keys_file {str(self.api_keys_file)!r} cannot be read: {e.strerror}"
+            ) from None
+        if any(len(key) < MIN_KEY_LENGTH or any(c.isspace() for c in key) for key in keys):
+            raise SettingsError(f"every key in api_keys_file must be at least {MIN_KEY_LENGTH} characters")
+        if not keys:
+            if self.api_keys_file is not None:
+                raise SettingsError(f"api_keys_file {str(self.api_keys_file)!r} holds no key")
+            return None
+        burst = self.key_burst or (math.ceil(self.key_rate_per_s) if self.key_rate_per_s else 1)
+        return AuthSettings(
+            keys, frozenset(self.public_paths), self.key_max_concurrency, self.key_rate_per_s, burst
+        )
 
     def resolved_model_dirs(self) -> list[Path]:
         """Existing model folders: as given, or relative to the project checkout; else SettingsError."""
