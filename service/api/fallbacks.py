@@ -35,8 +35,13 @@ def fallbacks_for(
     the variant the plan runs."""
     if body.min_steps is None and body.max_degraded_fid is None:
         return ()
-    if body.min_steps is not None and body.steps is not None and body.min_steps > body.steps:
-        raise invalid("min_steps", f"min_steps must be at most steps ({body.steps}), got {body.min_steps}")
+    if body.min_steps is not None and body.min_steps > info.num_timesteps:
+        message = (
+            f"min_steps must be at most T={info.num_timesteps} for model {info.name!r}, got {body.min_steps}"
+        )
+        raise invalid("min_steps", message)
+    # A floor at or above the K that runs leaves nothing coarser to run: the request is not degraded
+    # (not an error: with a latency budget or FID target the K is the server's choice, not the client's).
     server_chose = choice.sampler_mode != "request"
     ladder = frontier_points(info) if server_chose else calibrated_points(info, kind)
     if body.max_degraded_fid is not None:

@@ -56,8 +56,16 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
             "num_images", f"num_images must be at most {settings.max_num_images}, got {body.num_images}"
         )
     timeout_ms = body.timeout_ms or settings.default_timeout_ms
-    if timeout_ms > settings.max_timeout_ms:
-        raise invalid("timeout_ms", f"timeout_ms must be at most {settings.max_timeout_ms}, got {timeout_ms}")
+    if not settings.min_timeout_ms <= timeout_ms <= settings.max_timeout_ms:
+        raise invalid(
+            "timeout_ms",
+            f"timeout_ms must be between {settings.min_timeout_ms} and {settings.max_timeout_ms}, "
+            f"got {timeout_ms}",
+        )
+    budget = body.latency_budget_ms
+    if budget is not None and budget < settings.min_latency_budget_ms:
+        message = f"latency_budget_ms must be at least {settings.min_latency_budget_ms:g}, got {budget:g}"
+        raise invalid("latency_budget_ms", message)
     predictor = LatencyPredictor(
         context.metrics.tracker(info.name), least_loaded(context.backend.loads(), info.name), body.num_images
     )

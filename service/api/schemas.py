@@ -1,17 +1,18 @@
 """Request and response bodies of the HTTP API (they are also the OpenAPI schema behind /docs).
 
 Integers and booleans are strict: "5", 5.5 or true for `steps` are type errors, not silently coerced, so
-a client's mistake comes back as a 422 naming the field instead of a surprising image.
+a client's mistake comes back as a 422 naming the field instead of a surprising image. A number with no
+fraction (5.0) is an integer, as JSON and JSON Schema say (some clients write every number that way).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from service.backends.base import DEFAULT_SAMPLER, MAX_SEED, SAMPLER_NAMES, SAMPLERS
+from service.backends.base import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
 
 # The registry's names as the request's enum (a Literal built at import: every registered sampler),
 # and "auto": the best calibrated sampler for the request's K.
@@ -26,6 +27,18 @@ SAMPLER_HELP = (
 )
 VarianceName = Literal["learned_range", "fixed_small", "fixed_large", "analytic"]
 STEP_CHOOSERS = ("steps", "latency_budget_ms", "max_fid")
+# Seeds over HTTP stay JSON-safe integers (JavaScript's Number.MAX_SAFE_INTEGER): every JSON client and
+# schema validator reads them exactly, where 63-bit seeds (the engine's range, the CLI's) lose their last
+# bits in clients that parse numbers as doubles, and the same request would not give the same image.
+MAX_JSON_SEED = 2**53 - 1
+
+
+def _integral(value: Any) -> Any:
+    """5.0 -> 5 (JSON has one number type; JSON Schema's integer includes 5.0); anything else unchanged,
+    for the strict int check that follows (5.5, "5" and true stay errors)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class GenerateRequest(BaseModel):
@@ -104,7 +117,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(
         None,
         ge=0,
-        le=MAX_SEED,
+        le=MAX_JSON_SEED,
         strict=True,
         description="Makes the output reproducible; chosen by the server (and returned) when omitted.",
     )
@@ -119,6 +132,11 @@ class GenerateRequest(BaseModel):
     timeout_ms: int | None = Field(
         None, gt=0, strict=True, description="Deadline from arrival; past it the request ends with 504."
     )
+
+    @field_validator("class_label", "steps", "min_steps", "num_images", "seed", "timeout_ms", mode="before")
+    @classmethod
+    def _integral_numbers(cls, value: Any) -> Any:
+        return _integral(value)
 
     @field_validator("latency_budget_ms", "max_fid")
     @classmethod

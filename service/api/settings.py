@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     default_steps: int = Field(default=50, ge=1, description="K when a request gives no steps/budget/target")
     default_timeout_ms: int = Field(default=120_000, gt=0, description="deadline when a request gives none")
     max_timeout_ms: int = Field(default=600_000, gt=0, description="the longest timeout_ms a request may ask")
+    min_latency_budget_ms: float = Field(
+        default=1.0,
+        gt=0,
+        description="the smallest latency_budget_ms a request may ask (published in the schema); a budget "
+        "above it that the current load cannot meet still answers 422 target_unreachable",
+    )
+    min_timeout_ms: int = Field(
+        default=100, gt=0, description="the shortest timeout_ms a request may ask (published in the schema)"
+    )
     compile: bool = Field(
         default=True,
         description="torch.compile the network: on CUDA at warm-up; on the CPU in the background while "
@@ -169,8 +178,8 @@ class Settings(BaseSettings):
                 f"max_num_images ({self.max_num_images}) cannot exceed max_queue ({self.max_queue}): "
                 "a request's images are queued together"
             )
-        if self.default_timeout_ms > self.max_timeout_ms:
-            raise ValueError("default_timeout_ms cannot exceed max_timeout_ms")
+        if not self.min_timeout_ms <= self.default_timeout_ms <= self.max_timeout_ms:
+            raise ValueError("default_timeout_ms must lie between min_timeout_ms and max_timeout_ms")
         return self
 
     def auth(self) -> AuthSettings | None:

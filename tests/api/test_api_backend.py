@@ -93,10 +93,13 @@ def test_the_schema_publishes_every_limit_the_server_enforces() -> None:
 
         assert maximum("num_images") == 4 and maximum("steps") == 100
         assert maximum("timeout_ms") == SETTINGS.max_timeout_ms
+        # This model has no calibration and no gamma.json: "auto" and "analytic" would only be refused.
         (sampler_enum,) = [o["enum"] for o in fields["sampler"]["anyOf"] if "enum" in o]
-        assert sampler_enum == ["ddpm", "ddim", "dpm++2m", "auto"]
+        assert sampler_enum == ["ddpm", "ddim", "dpm++2m"]
         (variance_enum,) = [o["enum"] for o in fields["variance"]["anyOf"] if "enum" in o]
-        assert variance_enum == ["learned_range", "fixed_small", "fixed_large", "analytic"]
+        assert variance_enum == ["learned_range", "fixed_small", "fixed_large"]
+        (timeout,) = [o for o in fields["timeout_ms"]["anyOf"] if o.get("type") == "integer"]
+        assert timeout["minimum"] == SETTINGS.min_timeout_ms
         for name, value in (("num_images", 4), ("steps", 100), ("timeout_ms", SETTINGS.max_timeout_ms)):
             assert client.post("/generate", json={"steps": 3} | {name: value}).status_code == 200
             r = client.post("/generate", json={"steps": 3} | {name: value + 1})

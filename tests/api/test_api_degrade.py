@@ -105,7 +105,6 @@ def _sample(text: str, name: str) -> float:
 @pytest.mark.parametrize(
     ("fields", "field", "code"),
     [
-        ({"min_steps": 30}, "min_steps", "invalid_request"),
         ({"min_steps": 0}, "min_steps", "invalid_request"),
         ({"model": "tiny-raw", "max_degraded_fid": 10.0}, "max_degraded_fid", "model_uncalibrated"),
     ],
@@ -122,3 +121,8 @@ def test_an_uncalibrated_model_degrades_by_halving_down_to_the_floor(client: Tes
     body = _post(client, model="tiny-raw", min_steps=3)
     # Options 20, 10, 5, 3 (halvings, then the floor); three rows behind one slot: the floor.
     assert body["degraded"] and body["steps"] == 3 and body["sampler"] == "ddpm"
+
+
+def test_a_floor_above_the_asked_k_leaves_the_request_as_asked(client: TestClient) -> None:
+    body = _post(client, min_steps=30)
+    assert body["steps"] == 20 and not body["degraded"]

@@ -143,11 +143,11 @@ def test_full_queue_answers_429_with_retry_after(model_dirs: ModelDirs) -> None:
 
 
 def test_deadline_answers_504(client: TestClient) -> None:
-    r = client.post("/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 1})
+    r = client.post("/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 100})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == "deadline_exceeded"
     with client.stream(
-        "POST", "/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 1, "stream": True}
+        "POST", "/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 100, "stream": True}
     ) as s:
         text = s.read().decode()
     assert "event: error" in text and "deadline_exceeded" in text

@@ -125,6 +125,9 @@ def test_latency_budget_over_http(model_dirs: ModelDirs) -> None:
         assert body["selection"]["predicted_latency_ms"] == pytest.approx(100.0 * DEFAULT_MARGIN)
         # Now live: a generous budget affords the largest calibrated K, an absurd one none.
         assert client.post("/generate", json={**request, "latency_budget_ms": 600_000}).json()["steps"] == 20
-        r = client.post("/generate", json={**request, "latency_budget_ms": 0.001})
+        r = client.post("/generate", json={**request, "latency_budget_ms": 1.0})
         assert r.status_code == 422 and r.json()["error"]["field"] == "latency_budget_ms"
         assert r.json()["error"]["code"] == "target_unreachable"
+        # Below the published minimum (DDPM_MIN_LATENCY_BUDGET_MS, in the schema) it is a plain bad field.
+        r = client.post("/generate", json={**request, "latency_budget_ms": 0.5})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
