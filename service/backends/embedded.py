@@ -55,6 +55,7 @@ class EmbeddedBackend:
         self.observer_for = observer_for
         self._pools: dict[str, EnginePool] = {}
         self._models: list[ModelInfo] = []
+        self.failures: list[str] = []  # model folders left out at start, with why
 
     async def start(self) -> None:
         if self._pools:
@@ -70,17 +71,25 @@ class EmbeddedBackend:
             devices = serving_devices(self.device)
         except DeviceError as e:
             raise BackendStartupError(str(e)) from None
+        failures = []
         for model_dir in self.model_dirs:
-            info = model_info(model_dir)
-            if info.name in self._pools:
-                raise BackendStartupError(f"{model_dir}: a model named {info.name!r} is already served")
-            observer = self.observer_for(info.name) if self.observer_for else None
+            # A folder that cannot be served (unreadable manifest, corrupt or foreign weights) is left out
+            # and logged; the others are served. Only when none loads does the server refuse to start.
             try:
+                info = model_info(model_dir)
+                if info.name in self._pools:
+                    raise BackendStartupError(f"a model named {info.name!r} is already served")
+                observer = self.observer_for(info.name) if self.observer_for else None
                 pool = EnginePool.create(partial(load_model, model_dir), self.settings, observer, devices)
-            except (ValueError, OSError) as e:
-                raise BackendStartupError(f"{model_dir}: cannot load the model: {e}") from e
+            except (ValueError, OSError, BackendStartupError) as e:
+                failures.append(f"{model_dir}: cannot serve the model: {e}")
+                log.error("%s", failures[-1])
+                continue
             self._pools[info.name] = pool
             self._models.append(info)
+        self.failures = failures
+        if not self._pools:
+            raise BackendStartupError("no model could be served: " + "; ".join(failures))
 
     async def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         # Each pool stop blocks until its engines drain: run them side by side, off the loop.
