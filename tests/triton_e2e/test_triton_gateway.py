@@ -8,6 +8,7 @@ gateway serves again once a worker is back.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -117,5 +118,57 @@ def test_killed_worker_loses_no_request_and_the_gateway_recovers(
         back = start_triton(grpc_port=a.grpc_port, http_port=a.http_port, metrics_port=a.metrics_port)
         back.wait_ready()
         wait_for(lambda: is_ready(base), timeout=30, what="the gateway to serve again")
+        again = http.post("/generate", json={"class_label": 1, "steps": 2, "seed": 3})
+        assert again.status_code == 200, again.text
+
+
+def test_a_paused_worker_is_routed_around_and_back(
+    start_triton: Callable[..., TritonProcess], triton_repo: Path
+) -> None:
+    """SIGSTOP on a worker under load: its requests end by their deadline at the latest (no hang), the
+    health checks drop it and new requests go to the other worker; after SIGCONT it serves again."""
+    a, b = start_triton(), start_triton()
+    a.wait_ready()
+    b.wait_ready()
+    settings = gateway_settings(triton_repo / MODEL, backend="triton", triton_urls=[a.url, b.url])
+    app = create_app(settings)
+    backend = app.state.context.backend
+    timeout_ms = 8_000
+    with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        wait_for(lambda: len(backend.router.serving(MODEL)) == 2, what="both workers live")
+        outcomes: dict[int, Any] = {}
+
+        def generate(i: int) -> None:
+            body = {"class_label": i % 10, "steps": 150, "seed": i, "timeout_ms": timeout_ms}
+            try:
+                outcomes[i] = http.post("/generate", json=body, timeout=timeout_ms / 1000 + 10)
+            except httpx.HTTPError as e:
+                outcomes[i] = e
+
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        worker_b = backend.router.worker(b.url)
+        wait_for(lambda: worker_b.outstanding >= 2, what="requests in flight on the worker to pause")
+        assert b.process is not None
+        b.process.send_signal(signal.SIGSTOP)
+        try:
+            for thread in threads:
+                thread.join(timeout_ms / 1000 + 15)
+            assert not any(thread.is_alive() for thread in threads), "a request hung past its deadline"
+            statuses = {i: getattr(r, "status_code", repr(r)) for i, r in outcomes.items()}
+            assert set(statuses.values()) <= {200, 504} and sorted(statuses) == list(range(6)), statuses
+            wait_for(
+                lambda: b.url not in {w.url for w in backend.router.serving(MODEL)},
+                timeout=15,
+                what="the paused worker to be dropped",
+            )
+            routed = http.post(
+                "/generate", json={"class_label": 1, "steps": 5, "seed": 2, "timeout_ms": 20_000}
+            )
+            assert routed.status_code == 200, routed.text
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: len(backend.router.serving(MODEL)) == 2, timeout=30, what="the resumed worker back")
         again = http.post("/generate", json={"class_label": 1, "steps": 2, "seed": 3})
         assert again.status_code == 200, again.text
