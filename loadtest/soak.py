@@ -1,0 +1,226 @@
+"""Soak: a long run at 70 % of saturation (mixed K, plain and streamed requests, some clients leaving
+early), with the server's RSS, open file descriptors, threads and the p99 latency sampled every minute.
+
+Bars (written with the numbers): RSS growth < 5 % from minute 5 to the end; descriptors and threads flat
+(the last minute's count at most the largest of minutes 1-5 plus a small allowance for keep-alive
+connections); p99 drift < 10 % (the last five minutes' p99 against minutes 5-10); no request lost (each
+ends with exactly one answer: 200, 429, 504, or cancelled by its own client).
+
+    python -m loadtest.soak --minutes 30 --out docs/soak.md --plot docs/soak.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from loadtest import report, throughput
+from loadtest.adaptive import BUNDLED, wait_compiled
+from loadtest.machine import load_average, pin_threads
+from loadtest.server import Server, ServerConfig
+
+LOAD = 0.7
+STREAM_SHARE = 1 / 3
+LEAVE_SHARE = 0.1  # clients that disconnect before their answer
+SAMPLE_S = 60.0
+RSS_BAR = 0.05
+P99_BAR = 0.10
+FD_ALLOWANCE = 16
+MIX = throughput.MIX
+
+
+@dataclass
+class Minute:
+    index: int
+    rss: int
+    fds: int
+    threads: int
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def p99(self) -> float | None:
+        ordered = sorted(self.latencies)
+        return ordered[max(0, int(0.99 * len(ordered)) - 1)] if ordered else None
+
+
+@dataclass
+class SoakRun:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    minutes: list[Minute] = field(default_factory=list)
+    pending: list[float] = field(default_factory=list)  # latencies since the last sample
+
+
+def proc_counts(pid: int) -> tuple[int, int]:
+    """(open file descriptors, threads) of a process, from /proc."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    threads = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Threads:")
+    )
+    return fds, threads
+
+
+async def one_request(client: httpx.AsyncClient, run: SoakRun, index: int, rng: random.Random) -> None:
+    body = {"class_label": index % 10, "steps": rng.choice(list(MIX)), "seed": index, "timeout_ms": 30_000}
+    stream = rng.random() < STREAM_SHARE
+    leave = rng.random() < LEAVE_SHARE
+    body["stream"] = stream
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(rng.uniform(0.05, 0.5) if leave else None):
+            async with client.stream("POST", "/generate", json=body) as response:
+                text = (await response.aread()).decode(errors="replace")
+        status = str(response.status_code)
+        if stream and response.status_code == 200 and "event: result" not in text:
+            status = "stream_without_result"
+        run.outcomes[status] += 1
+        if response.status_code == 200:
+            run.pending.append(time.perf_counter() - start)
+    except TimeoutError:
+        run.outcomes["left" if leave else "client_timeout"] += 1
+    except httpx.HTTPError as e:
+        run.outcomes[f"client_error:{type(e).__name__}"] += 1
+
+
+async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun:
+    run = SoakRun()
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=60.0, limits=limits, trust_env=False
+    ) as client:
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        next_sample = start + SAMPLE_S
+        next_arrival = start + rng.expovariate(rate)
+        end = start + minutes * SAMPLE_S
+        while time.perf_counter() < end:
+            now = time.perf_counter()
+            if now >= next_sample:
+                fds, threads = proc_counts(server.pid)
+                run.minutes.append(
+                    Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending)
+                )
+                run.pending = []
+                next_sample += SAMPLE_S
+            if now >= next_arrival:
+                task = asyncio.create_task(one_request(client, run, run.sent, rng))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                run.sent += 1
+                next_arrival += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, min(next_arrival, next_sample, end) - time.perf_counter()))
+        await asyncio.gather(*tasks)
+        fds, threads = proc_counts(server.pid)  # the last minute, its stragglers included
+        run.minutes.append(Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending))
+    return run
+
+
+def markdown(run: SoakRun, rate: float, saturation: float, minutes: int, load: tuple[float, float]) -> str:
+    rows = [
+        (m.index, report.mib(m.rss), m.fds, m.threads, len(m.latencies), report.seconds(m.p99))
+        for m in run.minutes
+    ]
+    base = run.minutes[min(4, len(run.minutes) - 1)]
+    last = run.minutes[-1]
+    growth = last.rss / base.rss - 1
+    early = run.minutes[:5]
+    fds_ok = last.fds <= max(m.fds for m in early) + FD_ALLOWANCE
+    threads_ok = last.threads <= max(m.threads for m in early)
+    ref = [x for m in run.minutes[4:10] for x in m.latencies]
+    tail = [x for m in run.minutes[-5:] for x in m.latencies]
+    drift = _p99(tail) / _p99(ref) - 1 if ref and tail else float("nan")
+    answered = sum(run.outcomes.values())
+    lost = (
+        run.sent
+        - answered
+        + sum(n for k, n in run.outcomes.items() if k.startswith("client_") or k.startswith("stream_"))
+    )
+    outcomes = ", ".join(f"{k} {n}" for k, n in sorted(run.outcomes.items()))
+    return "\n\n".join(
+        [
+            f"## Soak: {minutes} minutes at {LOAD:.0%} of saturation",
+            f"Open-loop Poisson arrivals at {rate:.2f} req/s ({LOAD:.0%} of {saturation:.2f} req/s), K "
+            f"uniform over {sorted(MIX)}, `timeout_ms=30000`, {STREAM_SHARE:.0%} streamed, "
+            f"{LEAVE_SHARE:.0%} of clients leaving after 0.05-0.5 s. One default server on the bundled "
+            "model. Load average "
+            f"{load[0]:.2f} → {load[1]:.2f}. Requests: {run.sent} sent; {outcomes}.",
+            report.table(["minute", "RSS", "open fds", "threads", "200s", "p99"], rows),
+            report.bar(
+                f"RSS growth < {RSS_BAR:.0%} from minute 5 to the end", growth < RSS_BAR, f"**{growth:+.1%}**"
+            ),
+            report.bar(
+                "descriptors and threads flat",
+                fds_ok and threads_ok,
+                f"fds {max(m.fds for m in early)} (max of minutes 1-5) → {last.fds}; threads "
+                f"{max(m.threads for m in early)} → {last.threads}",
+            ),
+            report.bar(
+                f"p99 drift < {P99_BAR:.0%}",
+                abs(drift) < P99_BAR,
+                f"**{drift:+.1%}** (last 5 min vs minutes 5-10)",
+            ),
+            report.bar("no request lost", lost == 0, f"{lost} of {run.sent}"),
+        ]
+    )
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(0.99 * len(ordered)) - 1)]
+
+
+def plot(run: SoakRun, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [m.index for m in run.minutes]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].plot(minutes, [m.rss / 2**20 for m in run.minutes])
+    axes[0].set(title="server RSS (MiB)", xlabel="minute")
+    axes[1].plot(minutes, [m.fds for m in run.minutes], label="open fds")
+    axes[1].plot(minutes, [m.threads for m in run.minutes], label="threads")
+    axes[1].set(title="descriptors and threads", xlabel="minute")
+    axes[1].legend()
+    axes[2].plot(minutes, [m.p99 or float("nan") for m in run.minutes])
+    axes[2].set(title="p99 latency of 200s (s)", xlabel="minute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--saturation", type=float, help="req/s at saturation; default: measured first")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    pin_threads()
+    saturation = args.saturation or throughput.run(BUNDLED, warmup_s=15, window_s=45).requests_per_s
+    rate = LOAD * saturation
+    start_load = load_average()
+    with Server(ServerConfig(BUNDLED)) as server:
+        wait_compiled(server)
+        run = asyncio.run(drive(server, rate, args.minutes, seed=11))
+    text = markdown(run, rate, saturation, args.minutes, (start_load, load_average()))
+    if args.plot:
+        plot(run, args.plot)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
