@@ -23,17 +23,17 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from loadtest import driver, report, throughput
+from loadtest import driver, overload, report, throughput
 from loadtest.driver import Outcome
 from loadtest.machine import describe, load_average, pin_threads
-from loadtest.overload import MAX_QUEUE, SLACK_S, TIMEOUT_MS, WARM_S
+from loadtest.overload import MAX_QUEUE, TIMEOUT_MS, WARM_S
 from loadtest.server import Server, ServerConfig
 
 BUNDLED = Path(__file__).resolve().parent.parent / "model_store" / "fmnist-small"
@@ -160,27 +160,15 @@ def wait_compiled(server: Server) -> float:
     return time.perf_counter() - start
 
 
-async def _load(server: Server, arrivals: Sequence[driver.Arrival], mode: Mode) -> list[Outcome]:
-    return await driver.open_loop(
-        server.base_url,
-        arrivals,
-        wall_cap_s=arrivals[-1].at_s + TIMEOUT_MS / 1000 + SLACK_S,
-        client_timeout_s=TIMEOUT_MS / 1000 + SLACK_S,
-        timeout_ms=TIMEOUT_MS,
-        fields=lambda _: mode.fields,
-        detail=keep,
-    )
-
-
 def serve(
     model_dir: Path, mode: Mode, arrivals: list[driver.Arrival], warm: list[driver.Arrival]
 ) -> ModeResult:
     with Server(ServerConfig(model_dir, max_queue=MAX_QUEUE)) as server:
         compiled_wait = wait_compiled(server)
-        asyncio.run(_load(server, warm, mode))
+        asyncio.run(overload.load(server, warm, None, lambda _: mode.fields, keep))
         before = server.metrics()
         start = time.perf_counter()
-        outcomes = asyncio.run(_load(server, arrivals, mode))
+        outcomes = asyncio.run(overload.load(server, arrivals, None, lambda _: mode.fields, keep))
         elapsed = time.perf_counter() - start
         after = server.metrics()
 

@@ -132,7 +132,15 @@ async def _sample_rss(server: Server, samples: list[int], stop: asyncio.Event) -
             await asyncio.wait_for(stop.wait(), RSS_PERIOD_S)
 
 
-async def _load(server: Server, arrivals: Sequence[driver.Arrival], rss: list[int] | None) -> list[Outcome]:
+async def load(
+    server: Server,
+    arrivals: Sequence[driver.Arrival],
+    rss: list[int] | None = None,
+    fields: driver.BodyFields | None = None,
+    detail: driver.Detail | None = None,
+) -> list[Outcome]:
+    """The arrivals against the server with this benchmark's deadline and client limits; `rss` collects
+    the server's RSS every RSS_PERIOD_S meanwhile (loadtest.adaptive reuses this with its own fields)."""
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(server, rss, stop)) if rss is not None else None
     try:
@@ -142,6 +150,8 @@ async def _load(server: Server, arrivals: Sequence[driver.Arrival], rss: list[in
             wall_cap_s=arrivals[-1].at_s + TIMEOUT_MS / 1000 + SLACK_S,
             client_timeout_s=TIMEOUT_MS / 1000 + SLACK_S,
             timeout_ms=TIMEOUT_MS,
+            fields=fields,
+            detail=detail,
         )
     finally:
         stop.set()
@@ -173,11 +183,11 @@ def run(
     load_start = load_average()
     with Server(ServerConfig(model_dir, max_queue=MAX_QUEUE)) as server:
         rss_ready = server.rss_bytes()
-        warm = driver.tally(asyncio.run(_load(server, warm_arrivals, None)))
+        warm = driver.tally(asyncio.run(load(server, warm_arrivals)))
         before, rss_start = server.metrics(), server.rss_bytes()
         samples: list[int] = []
         start = time.perf_counter()
-        outcomes = asyncio.run(_load(server, arrivals, samples))
+        outcomes = asyncio.run(load(server, arrivals, samples))
         elapsed = time.perf_counter() - start
         after, rss_end = server.metrics(), server.rss_bytes()
     return OverloadResult(

@@ -3,11 +3,16 @@ and the polling helpers the live-server tests share."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -49,3 +54,46 @@ def served(app: FastAPI, ready: bool = True) -> Iterator[str]:
         server.should_exit = True
         thread.join(TIMEOUT)
         sock.close()
+
+
+def serve_command() -> list[str]:
+    """The `ddpm-serve` command of this environment."""
+    script = Path(sys.executable).parent / "ddpm-serve"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("ddpm-serve")
+    return [found] if found else [sys.executable, "-m", "service.cli.serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def ddpm_serve(model_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A `ddpm-serve` process on the CPU with one torch thread (plus `env`, DDPM_* names), once ready;
+    killed on exit if it is still running."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = {
+        "DDPM_MODEL_DIRS": str(model_dir),
+        "DDPM_DEVICE": "cpu",
+        "DDPM_TORCH_THREADS": "1",
+        "DDPM_WARMUP_ITERATIONS": "1",
+        "DDPM_LOG_LEVEL": "warning",
+        **env,
+    }
+    command = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        command, env={**os.environ, **settings}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or is_ready(base), what="ddpm-serve to be ready")
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

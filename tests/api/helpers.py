@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,11 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.api.settings import Settings
 from service.backends.base import Backend
+from service.model.presets import get_preset
+from service.model.store import random_model_dir
+from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
+
+Table = tuple[tuple[str, int, float], ...]  # (sampler variant, K, FID) at 64 samples
 
 READY_TIMEOUT = 60.0
 # (K, FID, seconds per image) of the calibrated model's ddpm points; ddim has one point.
@@ -55,3 +61,23 @@ def serve(settings: Settings, backend: Backend | None = None, ready: bool = True
         if ready:
             wait_ready(client)
         yield client
+
+
+def table_model(
+    root: Path,
+    name: str,
+    table: Table,
+    *,
+    extra: tuple[TradeoffPoint, ...] = (),
+    seconds_per_step: float = 0.01,
+    num_timesteps: int | None = None,
+) -> Path:
+    """A tiny-test model folder calibrated with a made-up table (and, with num_timesteps, a shorter T)."""
+    model_dir = random_model_dir(get_preset("tiny-test"), root / name, seed=0, name=name)
+    if num_timesteps is not None:
+        manifest = json.loads((model_dir / "model.json").read_text())
+        manifest["diffusion"]["num_timesteps"] = num_timesteps
+        (model_dir / "model.json").write_text(json.dumps(manifest))
+    points = [TradeoffPoint(v, k, 64, fid, 0.5, 0.5, None, seconds_per_step * k) for v, k, fid in table]
+    write_tradeoff(model_dir, Tradeoff(name, "test", "none", "none", points=[*points, *extra]))
+    return model_dir

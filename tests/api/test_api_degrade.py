@@ -14,8 +14,7 @@ from PIL import Image
 
 from service.model.presets import get_preset
 from service.model.store import random_model_dir
-from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
-from tests.api.helpers import ModelDirs, make_settings, serve
+from tests.api.helpers import ModelDirs, make_settings, serve, table_model
 
 # (variant, K, FID) at 64 samples. Frontier: dpm++2m 5 (14), dpm++2m 10 (9), fixed-small 20 (8).
 TABLE = (
@@ -31,9 +30,7 @@ TABLE = (
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("degrade")
-    calibrated = random_model_dir(get_preset("tiny-test"), root / "tiny", seed=0, name="tiny")
-    points = [TradeoffPoint(v, k, 64, fid, 0.5, 0.5, None, 0.01 * k) for v, k, fid in TABLE]
-    write_tradeoff(calibrated, Tradeoff("tiny", "test", "none", "none", points=points))
+    calibrated = table_model(root, "tiny", TABLE)
     raw = random_model_dir(get_preset("tiny-test"), root / "tiny-raw", seed=1, name="tiny-raw")
     with serve(make_settings(ModelDirs(calibrated, raw), max_batch=1)) as client:
         yield client

@@ -12,10 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.model.gamma_table import GammaTable, write_gamma
-from service.model.presets import get_preset
-from service.model.store import random_model_dir
-from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
-from tests.api.helpers import ModelDirs, make_settings, serve
+from service.quality.tradeoff import TradeoffPoint
+from tests.api.helpers import ModelDirs, make_settings, serve, table_model
 
 # (variant, K, FID) at 64 samples. Frontier without analytic: dpm++2m 5, dpm++2m 10, fixed-small 20.
 TABLE = (
@@ -32,9 +30,7 @@ FEW_SAMPLES = TradeoffPoint("ddim", 5, 16, 1.0, 0.5, 0.5, None, 0.01)  # fewer s
 
 
 def _table_model(root: Path, name: str, with_gamma: bool) -> Path:
-    model_dir = random_model_dir(get_preset("tiny-test"), root / name, seed=0, name=name)
-    points = [TradeoffPoint(v, k, 64, fid, 0.5, 0.5, None, 0.01 * k) for v, k, fid in TABLE]
-    write_tradeoff(model_dir, Tradeoff(name, "test", "none", "none", points=[*points, FEW_SAMPLES]))
+    model_dir = table_model(root, name, TABLE, extra=(FEW_SAMPLES,))
     if with_gamma:
         steps = (0, 500, 999)
         write_gamma(model_dir, GammaTable(steps, (0.2, 0.9, 1.0), 1000, 4, 0, "test: made up"))

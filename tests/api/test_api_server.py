@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +14,7 @@ from PIL import Image
 
 from service.api.app import create_app
 from tests.api.helpers import ModelDirs, make_settings
-from tests.live_server import TIMEOUT, is_ready, served, wait_for
+from tests.live_server import TIMEOUT, ddpm_serve, served, wait_for
 
 LONG = {"class_label": 1, "steps": 1000}  # ~15 s on the tiny model: far longer than any wait below
 
@@ -61,39 +55,9 @@ def test_client_disconnect_cancels_its_rows(model_dirs: ModelDirs) -> None:
         assert http.post("/generate", json={"class_label": 1, "steps": 2}).status_code == 200
 
 
-def serve_command() -> list[str]:
-    script = Path(sys.executable).parent / "ddpm-serve"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("ddpm-serve")
-    return [found] if found else [sys.executable, "-m", "service.cli.serve"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddpm_serve_serves_then_drains_on_sigterm(model_dirs: ModelDirs) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DDPM_MODEL_DIRS": str(model_dirs.calibrated),
-        "DDPM_DEVICE": "cpu",
-        "DDPM_TORCH_THREADS": "1",
-        "DDPM_MAX_BATCH": "2",
-        "DDPM_WARMUP_ITERATIONS": "1",
-        "DDPM_LOG_LEVEL": "warning",
-    }
-    command = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is None and is_ready(base) or proc.poll() is not None, what="start")
-        assert proc.poll() is None, proc.communicate()[0].decode()
-
+    with ddpm_serve(model_dirs.calibrated, DDPM_MAX_BATCH="2") as (proc, base):
         r = httpx.post(f"{base}/generate", json={"class_label": 3, "steps": 5, "seed": 1}, timeout=TIMEOUT)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(r.content)).size == (16, 16)
@@ -113,7 +77,3 @@ def test_ddpm_serve_serves_then_drains_on_sigterm(model_dirs: ModelDirs) -> None
         assert proc.wait(TIMEOUT) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/healthz", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -3,9 +3,7 @@ SIGTERM while the queue is full, and a streaming client that stops reading."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import threading
 import time
 from typing import Any
@@ -15,8 +13,8 @@ import pytest
 
 from service.api.app import create_app
 from tests.api.helpers import ModelDirs, make_settings
-from tests.api.test_api_server import free_port, metric, serve_command
-from tests.live_server import TIMEOUT, is_ready, served, wait_for
+from tests.api.test_api_server import metric
+from tests.live_server import TIMEOUT, ddpm_serve, served, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,23 +22,9 @@ pytestmark = pytest.mark.slow
 def test_sigterm_under_load_gives_every_request_its_result(model_dirs: ModelDirs) -> None:
     """Two slots, eight requests in flight or queued (plain and streamed) when SIGTERM arrives: uvicorn
     stops accepting, the engine drains, and each of the eight ends with its image; the process exits 0."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DDPM_MODEL_DIRS": str(model_dirs.calibrated),
-        "DDPM_DEVICE": "cpu",
-        "DDPM_TORCH_THREADS": "1",
-        "DDPM_MAX_BATCH": "2",
-        "DDPM_WARMUP_ITERATIONS": "1",
-        "DDPM_DRAIN_TIMEOUT_S": "60",
-        "DDPM_LOG_LEVEL": "warning",
-    }
-    command = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     outcomes: dict[int, Any] = {}
 
-    def send(i: int) -> None:
+    def send(base: str, i: int) -> None:
         body = {"class_label": i % 10, "steps": 40, "seed": i, "stream": i % 2 == 1}
         try:
             r = httpx.post(f"{base}/generate", json=body, timeout=TIMEOUT * 2)
@@ -48,10 +32,9 @@ def test_sigterm_under_load_gives_every_request_its_result(model_dirs: ModelDirs
         except httpx.HTTPError as e:
             outcomes[i] = ("error", type(e).__name__)
 
-    try:
-        wait_for(lambda: proc.poll() is not None or is_ready(base), what="start")
-        assert proc.poll() is None, proc.communicate()[0].decode()
-        workers = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    settings = {"DDPM_MAX_BATCH": "2", "DDPM_DRAIN_TIMEOUT_S": "60"}
+    with ddpm_serve(model_dirs.calibrated, **settings) as (proc, base):
+        workers = [threading.Thread(target=send, args=(base, i)) for i in range(8)]
         for worker in workers:
             worker.start()
         depth = lambda: metric(httpx.get(f"{base}/metrics").text, "ddpm_queue_depth")  # noqa: E731
@@ -60,10 +43,6 @@ def test_sigterm_under_load_gives_every_request_its_result(model_dirs: ModelDirs
         for worker in workers:
             worker.join(TIMEOUT * 2)
         assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert sorted(outcomes) == list(range(8))
     for i, (status, detail) in outcomes.items():
         assert status == 200, (i, status, detail)

@@ -10,7 +10,6 @@ the best calibrated FID per sampler) are this server's, read from /openapi.json 
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -22,9 +21,7 @@ import pytest
 
 from service.api.app import create_app
 from service.api.settings import Settings
-from service.model.presets import get_preset
-from service.model.store import random_model_dir
-from service.quality.tradeoff import Tradeoff, TradeoffPoint, write_tradeoff
+from tests.api.helpers import table_model
 from tests.live_server import served
 
 pytestmark = pytest.mark.slow
@@ -46,20 +43,10 @@ SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent
 )
 
 
-def fast_model(root: Path) -> Path:
-    model = random_model_dir(get_preset("tiny-test"), root / "fast", seed=0, name="fast")
-    manifest = json.loads((model / "model.json").read_text())
-    manifest["diffusion"]["num_timesteps"] = 20
-    (model / "model.json").write_text(json.dumps(manifest))
-    points = [TradeoffPoint(v, k, 64, fid, 0.5, 0.5, None, 0.001 * k) for v, k, fid in TABLE]
-    write_tradeoff(model, Tradeoff("fast", "test", "none", "none", points=points))
-    return model
-
-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(
-        model_dirs=[fast_model(tmp_path_factory.mktemp("fuzz"))],
+        model_dirs=[table_model(tmp_path_factory.mktemp("fuzz"), "fast", TABLE, num_timesteps=20)],
         device="cpu",
         max_batch=4,
         max_queue=16,

@@ -41,6 +41,40 @@ def sse_events(text: str) -> list[tuple[str, str]]:
     return events
 
 
+def two_workers(start: Callable[..., TritonProcess], repo: Path) -> tuple[TritonProcess, TritonProcess, Any]:
+    """Two live tritonserver workers and a gateway app over both (not started yet)."""
+    a, b = start(), start()
+    a.wait_ready()
+    b.wait_ready()
+    app = create_app(gateway_settings(repo / MODEL, backend="triton", triton_urls=[a.url, b.url]))
+    return a, b, app
+
+
+class Load:
+    """n generate requests (K=150), each on its own thread; `outcomes[i]` is its response or error."""
+
+    def __init__(self, http: httpx.Client, n: int, timeout_ms: int) -> None:
+        self.outcomes: dict[int, Any] = {}
+        self.timeout_ms = timeout_ms
+        self.threads = [threading.Thread(target=self._send, args=(http, i)) for i in range(n)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self, http: httpx.Client, i: int) -> None:
+        body = {"class_label": i % 10, "steps": 150, "seed": i, "timeout_ms": self.timeout_ms}
+        try:
+            self.outcomes[i] = http.post("/generate", json=body, timeout=self.timeout_ms / 1000 + 10)
+        except httpx.HTTPError as e:  # a hang past the deadline would end here
+            self.outcomes[i] = e
+
+    def join(self) -> dict[int, Any]:
+        """Each request's status code (or error), once all have ended; fails if one hangs."""
+        for thread in self.threads:
+            thread.join(self.timeout_ms / 1000 + 15)
+        assert not any(thread.is_alive() for thread in self.threads), "a request hung past its deadline"
+        return {i: getattr(r, "status_code", repr(r)) for i, r in self.outcomes.items()}
+
+
 def test_gateway_over_triton_matches_embedded(
     start_triton: Callable[..., TritonProcess], triton_repo: Path
 ) -> None:
@@ -77,34 +111,15 @@ def test_gateway_over_triton_matches_embedded(
 def test_killed_worker_loses_no_request_and_the_gateway_recovers(
     start_triton: Callable[..., TritonProcess], triton_repo: Path
 ) -> None:
-    a, b = start_triton(), start_triton()
-    a.wait_ready()
-    b.wait_ready()
-    settings = gateway_settings(triton_repo / MODEL, backend="triton", triton_urls=[a.url, b.url])
-    app = create_app(settings)
+    a, b, app = two_workers(start_triton, triton_repo)
     backend = app.state.context.backend
-    timeout_ms = 30_000
     with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
         wait_for(lambda: len(backend.router.serving(MODEL)) == 2, what="both workers live")
-        outcomes: dict[int, Any] = {}
-
-        def generate(i: int) -> None:
-            body = {"class_label": i % 10, "steps": 150, "seed": i, "timeout_ms": timeout_ms}
-            try:
-                outcomes[i] = http.post("/generate", json=body, timeout=timeout_ms / 1000 + 10)
-            except httpx.HTTPError as e:  # a hang past the deadline would end here
-                outcomes[i] = e
-
-        threads = [threading.Thread(target=generate, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
+        load = Load(http, 8, timeout_ms=30_000)
         worker_b = backend.router.worker(b.url)
         wait_for(lambda: worker_b.outstanding >= 2, what="requests in flight on the worker to kill")
         b.kill()
-        for thread in threads:
-            thread.join(timeout_ms / 1000 + 15)
-        assert not any(thread.is_alive() for thread in threads), "a request hung past its deadline"
-        statuses = {i: getattr(r, "status_code", repr(r)) for i, r in outcomes.items()}
+        statuses = load.join()
         # Failover: the killed worker's requests were sent again to the live one, so all succeed.
         assert statuses == dict.fromkeys(range(8), 200), statuses
 
@@ -127,45 +142,22 @@ def test_a_paused_worker_is_routed_around_and_back(
 ) -> None:
     """SIGSTOP on a worker under load: its requests end by their deadline at the latest (no hang), the
     health checks drop it and new requests go to the other worker; after SIGCONT it serves again."""
-    a, b = start_triton(), start_triton()
-    a.wait_ready()
-    b.wait_ready()
-    settings = gateway_settings(triton_repo / MODEL, backend="triton", triton_urls=[a.url, b.url])
-    app = create_app(settings)
+    a, b, app = two_workers(start_triton, triton_repo)
     backend = app.state.context.backend
-    timeout_ms = 8_000
     with served(app) as base, httpx.Client(base_url=base, timeout=TIMEOUT) as http:
         wait_for(lambda: len(backend.router.serving(MODEL)) == 2, what="both workers live")
-        outcomes: dict[int, Any] = {}
-
-        def generate(i: int) -> None:
-            body = {"class_label": i % 10, "steps": 150, "seed": i, "timeout_ms": timeout_ms}
-            try:
-                outcomes[i] = http.post("/generate", json=body, timeout=timeout_ms / 1000 + 10)
-            except httpx.HTTPError as e:
-                outcomes[i] = e
-
-        threads = [threading.Thread(target=generate, args=(i,)) for i in range(6)]
-        for thread in threads:
-            thread.start()
+        load = Load(http, 6, timeout_ms=8_000)
         worker_b = backend.router.worker(b.url)
         wait_for(lambda: worker_b.outstanding >= 2, what="requests in flight on the worker to pause")
         assert b.process is not None
         b.process.send_signal(signal.SIGSTOP)
         try:
-            for thread in threads:
-                thread.join(timeout_ms / 1000 + 15)
-            assert not any(thread.is_alive() for thread in threads), "a request hung past its deadline"
-            statuses = {i: getattr(r, "status_code", repr(r)) for i, r in outcomes.items()}
+            statuses = load.join()
             assert set(statuses.values()) <= {200, 504} and sorted(statuses) == list(range(6)), statuses
-            wait_for(
-                lambda: b.url not in {w.url for w in backend.router.serving(MODEL)},
-                timeout=15,
-                what="the paused worker to be dropped",
-            )
-            routed = http.post(
-                "/generate", json={"class_label": 1, "steps": 5, "seed": 2, "timeout_ms": 20_000}
-            )
+            serving = lambda: {w.url for w in backend.router.serving(MODEL)}  # noqa: E731
+            wait_for(lambda: b.url not in serving(), timeout=15, what="the paused worker to be dropped")
+            body = {"class_label": 1, "steps": 5, "seed": 2, "timeout_ms": 20_000}
+            routed = http.post("/generate", json=body)
             assert routed.status_code == 200, routed.text
         finally:
             b.process.send_signal(signal.SIGCONT)
