@@ -59,6 +59,7 @@ class SoakRun:
     sent: int = 0
     minutes: list[Minute] = field(default_factory=list)
     pending: list[float] = field(default_factory=list)  # latencies since the last sample
+    failures: list[str] = field(default_factory=list)  # what each client-side error was, and on what
 
 
 def proc_counts(pid: int) -> tuple[int, int]:
@@ -92,12 +93,17 @@ async def one_request(client: httpx.AsyncClient, run: SoakRun, index: int, rng: 
         run.outcomes["left" if leave else "client_timeout"] += 1
     except httpx.HTTPError as e:
         run.outcomes[f"client_error:{type(e).__name__}"] += 1
+        at = time.perf_counter() - start
+        kind = "streamed" if stream else "plain"
+        run.failures.append(f"request {index} (K={body['steps']}, {kind}) after {at:.2f} s: {e!r}")
 
 
 async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun:
     run = SoakRun()
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    # Idle connections expire after 2 s, before uvicorn's 5 s: a client that reuses a connection at the
+    # moment the server closes it gets a reset (the keep-alive race), which would count as a lost request.
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(
         base_url=server.base_url, timeout=60.0, limits=limits, trust_env=False
     ) as client:
@@ -151,6 +157,14 @@ def markdown(
         + sum(n for k, n in run.outcomes.items() if k.startswith("client_") or k.startswith("stream_"))
     )
     outcomes = ", ".join(f"{k} {n}" for k, n in sorted(run.outcomes.items()))
+    # The same p99 over every five-minute window: how far one window moves from the next on its own.
+    windows = [run.minutes[i : i + 5] for i in range(0, len(run.minutes), 5)]
+    window_rows = [
+        (f"{w[0].index}-{w[-1].index}", sum(len(m.latencies) for m in w), report.seconds(_p99(pooled)))
+        for w in windows
+        if (pooled := [x for m in w for x in m.latencies])
+    ]
+    failures = "\n".join(f"- {failure}" for failure in run.failures) or "Client-side errors: none."
     return "\n\n".join(
         [
             f"## Soak: {minutes} minutes at {LOAD:.0%} of saturation",
@@ -161,6 +175,8 @@ def markdown(
             "model. Load average "
             f"{load[0]:.2f} → {load[1]:.2f}. Requests: {run.sent} sent; {outcomes}.",
             report.table(["minute", "RSS", "open fds", "threads", "200s", "p99"], rows),
+            report.table(["minutes", "200s", "p99"], window_rows),
+            failures,
             report.bar(
                 f"RSS growth < {RSS_BAR:.0%} from minute 5 to the end", growth < RSS_BAR, f"**{growth:+.1%}**"
             ),
