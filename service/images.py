@@ -23,8 +23,20 @@ def to_pil(image: np.ndarray) -> Image.Image:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
+    return _encoded(to_pil(image))
+
+
+def preview_png(image: np.ndarray, side: int) -> bytes:
+    """A PNG at most about `side` pixels a side: the image shrunk by a whole factor, box-averaged (a
+    256-pixel x0 becomes 128 pixels); smaller images go as they are."""
+    picture = to_pil(image)
+    factor = math.ceil(max(picture.size) / side)
+    return _encoded(picture.reduce(factor) if factor > 1 else picture)
+
+
+def _encoded(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

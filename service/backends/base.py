@@ -14,6 +14,7 @@ awaited there. A backend bridges whatever threads or sockets it uses back onto t
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,15 +25,17 @@ from service.engine.degrade import StepOption
 from service.engine.errors import EngineError, InvalidRequest
 from service.engine.generation import MAX_SEED, GenerationProgress, GenerationResult, GenerationSpec
 from service.engine.observer import EngineObserver, NullObserver
+from service.engine.request import MAX_PREVIEWS, RowStatus
 from service.engine.request import Request as RowRequest
-from service.engine.request import RowStatus
 from service.engine.settings import EngineSettings, Precision
 from service.model.manifest import ModelManifest
 from service.quality.tradeoff import Tradeoff
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "MAX_PREVIEWS",
     "MAX_SEED",
+    "PROGRESS_BUFFER",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "Backend",
@@ -150,19 +153,48 @@ class Backend(Protocol):
         ...
 
 
-class ProgressStream:
-    """An async iterator over a queue. A class, not an async generator, so that a timed-out
-    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it."""
+# Progress events held for one reader. A reader that stops reading (an SSE client that no longer reads
+# its socket) must not make the gateway hold every step's event of a K = 4000 request: past this many,
+# the oldest are dropped (each event supersedes the ones before it, and that reader is not looking).
+PROGRESS_BUFFER = 256
 
-    def __init__(self, queue: asyncio.Queue[GenerationProgress | None]) -> None:
-        self._queue = queue
+
+class ProgressStream:
+    """Progress of one generation, engine (via the event loop) -> its one reader, in order, bounded by
+    PROGRESS_BUFFER. An async iterator, and a class rather than an async generator so that a timed-out
+    `__anext__` (a keep-alive tick) leaves it usable instead of finalising it. Loop thread only."""
+
+    def __init__(self, limit: int = PROGRESS_BUFFER) -> None:
+        self._events: deque[GenerationProgress] = deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+        self._finished = False
+        self.dropped = 0  # events dropped because the reader fell PROGRESS_BUFFER behind
+
+    def put(self, event: GenerationProgress) -> None:
+        if self._finished:
+            return
+        if len(self._events) >= self._limit:
+            self._events.popleft()
+            self.dropped += 1
+        self._events.append(event)
+        self._ready.set()
+
+    def finish(self) -> None:
+        """No more events: the reader gets what is buffered, then StopAsyncIteration (for good)."""
+        self._finished = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._events)
 
     def __aiter__(self) -> ProgressStream:
         return self
 
     async def __anext__(self) -> GenerationProgress:
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)  # stay finished for any later reader
-            raise StopAsyncIteration
-        return event
+        while not self._events:
+            if self._finished:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._events.popleft()

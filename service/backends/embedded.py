@@ -148,9 +148,7 @@ class EmbeddedGeneration:
         # A failure nobody awaits (the client left) must not be logged as "never retrieved".
         self._future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._collation = Collation(spec)
-        self._progress: asyncio.Queue[GenerationProgress | None] | None = None
-        if progress:
-            self._progress = asyncio.Queue()
+        self._progress = ProgressStream() if progress else None
 
     def submit(self) -> None:
         on_progress = self._on_progress if self._progress is not None else None
@@ -163,7 +161,7 @@ class EmbeddedGeneration:
     def progress(self) -> ProgressStream:
         if self._progress is None:
             raise RuntimeError("submit with progress=True to stream progress")
-        return ProgressStream(self._progress)
+        return self._progress
 
     def cancel(self) -> None:
         self._pool.cancel(self.id)
@@ -178,7 +176,8 @@ class EmbeddedGeneration:
         self._to_loop(self._row_done, result)
 
     def _on_progress(self, progress: RowProgress) -> None:
-        event = GenerationProgress(progress.request.image_index, progress.steps_done, progress.num_steps)
+        index = progress.request.image_index
+        event = GenerationProgress(index, progress.steps_done, progress.num_steps, progress.preview)
         self._to_loop(self._put_progress, event)
 
     def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
@@ -191,7 +190,7 @@ class EmbeddedGeneration:
 
     def _put_progress(self, event: GenerationProgress) -> None:
         if self._progress is not None and not self._future.done():
-            self._progress.put_nowait(event)
+            self._progress.put(event)
 
     def _row_done(self, result: RowResult) -> None:
         outcome = self._collation.add(result)
@@ -206,4 +205,4 @@ class EmbeddedGeneration:
         else:
             self._future.set_result(outcome)
         if self._progress is not None:
-            self._progress.put_nowait(None)
+            self._progress.finish()

@@ -225,7 +225,7 @@ class EngineCore:
             self._end(row, pixels, error)
         for row in running:
             if not row.is_terminal:
-                self._progress(row)
+                self._progress(row, outcome.previews.get(row))
 
     def _retry_hint(self, running: list[RowState]) -> float:
         """Rough seconds until the queue has moved by a slot-full: mean remaining steps x iteration time."""
@@ -292,14 +292,15 @@ class EngineCore:
         if row.on_done is not None:
             _call(row.on_done, result)
 
-    def _progress(self, row: RowState) -> None:
+    def _progress(self, row: RowState, preview: np.ndarray | None = None) -> None:
         # Throttled to whole percentages: at most 100 calls for a K = 4000 row, one per step for K <= 100.
+        # A preview is always sent (request.MAX_PREVIEWS bounds them).
         if row.on_progress is None:
             return
         percent = row.steps_done * 100 // row.num_steps
-        if percent != row.reported_percent:
+        if percent != row.reported_percent or preview is not None:
             row.reported_percent = percent
-            _call(row.on_progress, RowProgress(row.request, row.steps_done, row.num_steps))
+            _call(row.on_progress, RowProgress(row.request, row.steps_done, row.num_steps, preview))
 
 
 def _call(callback: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:

@@ -53,6 +53,7 @@ class StepOutcome:
     bucket: int
     finished: list[tuple[RowState, np.ndarray]] = field(default_factory=list)  # [H, W, C] uint8 images
     non_finite: list[RowState] = field(default_factory=list)
+    previews: dict[RowState, np.ndarray] = field(default_factory=dict)  # predicted x0, rows that asked
 
 
 class Executor:
@@ -237,6 +238,10 @@ class Executor:
         if done:
             images = to_uint8(x_next[torch.tensor(done, device=self.device)])
             outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done)]
+        due = [i for i, row in enumerate(rows) if finite[i] and row.preview_due]
+        if due:  # only rows that asked pay for the copy
+            previews = to_uint8(out.pred_xstart[torch.tensor(due, device=self.device)])
+            outcome.previews = {rows[i]: previews[j] for j, i in enumerate(due)}
         return outcome
 
 

@@ -42,6 +42,7 @@ class GenerationSpec:
     timeout_seconds: float | None = None
     # Coarser (sampler, K) the caller accepts under load, best first, the floor last (engine.degrade).
     fallbacks: tuple[StepOption, ...] = ()
+    preview_every: int | None = None  # progress carries the predicted x0 every this many steps
 
     def validate(
         self,
@@ -78,6 +79,9 @@ class GenerationSpec:
         if manifest.architecture.kind == "superres":
             message = "super-resolution models need a low-resolution input; sampling them is unsupported"
             raise InvalidRequest(message, "model")
+        if self.preview_every is not None and self.preview_every < 1:
+            message = f"preview_every must be >= 1 (steps between previews), got {self.preview_every}"
+            raise InvalidRequest(message, "preview_every")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise InvalidRequest(f"the timeout must be positive, got {self.timeout_seconds}", "timeout_ms")
         by_sampler = respace or partial(_schedule_length, manifest)
@@ -153,6 +157,7 @@ class GenerationSpec:
                 deadline=deadline,
                 arrival=arrival,
                 fallbacks=self.fallbacks,
+                preview_every=self.preview_every,
             )
             for i in range(self.num_images)
         ]
@@ -203,6 +208,7 @@ class GenerationProgress:
     image_index: int
     steps_done: int
     num_steps: int
+    preview: np.ndarray | None = None  # the predicted x0 ([H, W, C] uint8), when one was due
 
 
 class Collation:

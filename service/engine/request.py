@@ -43,6 +43,8 @@ class Request:
     # Coarser ways to run it the caller accepts under load, best first, the floor last (degrade.py);
     # empty: the row runs as asked or not at all.
     fallbacks: tuple[StepOption, ...] = ()
+    # Send the predicted x0 every this many steps (bounded by MAX_PREVIEWS); None: no previews.
+    preview_every: int | None = None
 
     @property
     def options(self) -> list[StepOption]:
@@ -54,6 +56,19 @@ class Request:
     def floor_steps(self) -> int | None:
         """The fewest steps the caller accepts (None: no degrading)."""
         return self.fallbacks[-1].steps if self.fallbacks else None
+
+
+# Previews of one image are at most this many, whatever `preview_every` asks: each costs a device ->
+# host copy and, at the gateway, a PNG, so a K = 1000 row asking one per step would cost more than its
+# sampling on a small model (loadtest/previews.py measures the bound's cost at saturation).
+MAX_PREVIEWS = 20
+
+
+def preview_period(preview_every: int | None, num_steps: int) -> int | None:
+    """Steps between two previews of a K = `num_steps` row: preview_every, raised to keep MAX_PREVIEWS."""
+    if preview_every is None:
+        return None
+    return max(preview_every, -(-num_steps // MAX_PREVIEWS))
 
 
 class RowStatus(StrEnum):
@@ -80,6 +95,7 @@ class RowProgress:
     request: Request
     steps_done: int
     num_steps: int
+    preview: np.ndarray | None = None  # the predicted x0 after this step ([H, W, C] uint8), when due
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,13 @@ class RowState:
     @property
     def steps_done(self) -> int:
         return self.num_steps - 1 - self.cursor
+
+    @property
+    def preview_due(self) -> bool:
+        """After a step: the caller wants the predicted x0 now (never after the last step: that is the
+        image itself). Counted on the row's own K, a re-planned one included."""
+        period = preview_period(self.request.preview_every, self.num_steps)
+        return period is not None and self.cursor >= 0 and self.steps_done % period == 0
 
     @property
     def is_terminal(self) -> bool:

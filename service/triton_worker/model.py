@@ -151,9 +151,8 @@ class _PendingRequest:
         self.cancelling = False
 
     def on_progress(self, progress: RowProgress) -> None:
-        self.reply.send(
-            progress_tensors(progress.request.image_index, progress.steps_done, progress.num_steps)
-        )
+        index = progress.request.image_index
+        self.reply.send(progress_tensors(index, progress.steps_done, progress.num_steps, progress.preview))
 
     def on_done(self, result: RowResult) -> None:
         outcome = self.collation.add(result)

@@ -215,3 +215,29 @@ def test_bf16_torso_on_cpu(tiny_model_dir: Path) -> None:
         assert image is not None
         # bf16 keeps 8 bits of mantissa: close to the fp32 image, not equal to it.
         assert np.abs(image.astype(int) - solo_image(reference, r).astype(int)).mean() < 8
+
+
+def test_previews_come_every_n_steps_only_for_the_rows_that_ask(tiny_model: LoadedModel) -> None:
+    executor = make_executor(tiny_model, max_batch=4)
+    tables = executor.tables
+    asking = row(tiny_model, tables, 7, 1, 5, preview_every=3)
+    plain = row(tiny_model, tables, 7, 1, 6)
+    bounded = row(tiny_model, tables, 45, 2, 7, preview_every=1)  # raised to every 45 / 20 -> 3 steps
+    rows = [asking, plain, bounded]
+    for slot, r in enumerate(rows):
+        r.slot = slot
+    executor.admit(rows)
+    previews: dict[int, list[int]] = {id(r): [] for r in rows}
+    finished: dict[int, np.ndarray] = {}
+    active = list(rows)
+    while active:
+        outcome = executor.step(active)
+        for r, image in outcome.previews.items():
+            assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+            previews[id(r)].append(r.steps_done)
+        finished |= {id(r): image for r, image in outcome.finished}
+        active = [r for r in active if id(r) not in finished]
+    assert previews[id(asking)] == [3, 6]  # never after the last step: that is the image itself
+    assert previews[id(plain)] == []
+    assert previews[id(bounded)] == list(range(3, 45, 3))
+    assert max_diff(finished[id(asking)], solo_image(tiny_model, asking)) <= 1  # previews change nothing

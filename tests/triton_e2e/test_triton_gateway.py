@@ -7,6 +7,8 @@ gateway serves again once a worker is back.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import signal
 import threading
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.api.app import create_app
 from service.triton_worker.launcher import TritonProcess
@@ -86,6 +89,9 @@ def test_gateway_over_triton_matches_embedded(
         over_triton = [http.post("/generate", json=body) for body in REQUESTS]
         as_json = http.post("/generate", json={**REQUESTS[0], "response_format": "json"}).json()
         streamed = sse_events(http.post("/generate", json={**REQUESTS[0], "stream": True}).text)
+        previewed = sse_events(
+            http.post("/generate", json={**REQUESTS[0], "stream": True, "preview_every": 2}).text
+        )
         # An error raised inside the worker (its deadline) comes back as that request's error.
         late = http.post("/generate", json={"class_label": 1, "steps": 1000, "timeout_ms": 300})
         metrics = http.get("/metrics").text
@@ -95,6 +101,11 @@ def test_gateway_over_triton_matches_embedded(
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded", late.text
     assert [e for e, _ in streamed].count("progress") >= 1 and streamed[-1][0] == "result"
     assert json.loads(streamed[-1][1])["images"] == as_json["images"]
+    # Previews cross the wire too: K = 5, every 2 steps, two images -> steps 2 and 4 of each.
+    previews = [json.loads(data) for event, data in previewed if event == "preview"]
+    assert sorted((p["image"], p["step"]) for p in previews) == [(0, 2), (0, 4), (1, 2), (1, 4)]
+    assert all(Image.open(io.BytesIO(base64.b64decode(p["png"]))).size == (16, 16) for p in previews)
+    assert json.loads(previewed[-1][1])["images"] == as_json["images"]
     # Per-request metrics are the gateway's, as when embedded (K = 4 and 5 fall in the bucket le_10).
     assert 'ddpm_queue_wait_seconds_count{k="le_10",model="tiny"} 7.0' in metrics
     expired = 'ddpm_requests_total{k="1000",model="tiny",sampler="ddpm",status="deadline_exceeded"} 1.0'

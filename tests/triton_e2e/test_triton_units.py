@@ -26,6 +26,8 @@ def test_wire_request_round_trips() -> None:
     cancel = WireRequest.from_tensors(WireRequest("abc", cancel=True).tensors())
     assert cancel.cancel and cancel.request_id == "abc"
     assert WireRequest.from_tensors(WireRequest("u", class_label=None).tensors()).class_label is None
+    assert WireRequest.from_tensors(WireRequest("p", preview_every=3).tensors()).preview_every == 3
+    assert WireRequest.from_tensors(WireRequest("q").tensors()).preview_every is None
     with pytest.raises(InvalidRequest):
         WireRequest("x", seed=2**63).tensors()
 

@@ -238,7 +238,8 @@ class TritonBackend:
     def _on_result(self, generation: TritonGeneration, result: Any, final: bool) -> None:
         outputs = {o.name for o in result.get_response().outputs}
         if "PROGRESS" in outputs:
-            generation.put_progress(result.as_numpy("PROGRESS"))
+            preview = result.as_numpy("PREVIEW") if "PREVIEW" in outputs else None
+            generation.put_progress(result.as_numpy("PROGRESS"), preview)
         if not final:
             return
         worker = generation.worker

@@ -59,9 +59,7 @@ class TritonGeneration:
         self._future: asyncio.Future[GenerationResult] = self._loop.create_future()
         # A failure nobody awaits (the client left) must not be logged as "never retrieved".
         self._future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._progress: asyncio.Queue[GenerationProgress | None] | None = (
-            asyncio.Queue() if progress else None
-        )
+        self._progress = ProgressStream() if progress else None
 
     # -- the Generation protocol -------------------------------------------------------------------
 
@@ -71,7 +69,7 @@ class TritonGeneration:
     def progress(self) -> ProgressStream:
         if self._progress is None:
             raise RuntimeError("submit with progress=True to stream progress")
-        return ProgressStream(self._progress)
+        return self._progress
 
     def cancel(self) -> None:
         try:
@@ -113,10 +111,10 @@ class TritonGeneration:
         """What is sent to a worker for this request."""
         return WireRequest.from_spec(self.spec, self.id, timeout_seconds, self.wants_progress)
 
-    def put_progress(self, values: np.ndarray) -> None:
+    def put_progress(self, values: np.ndarray, preview: np.ndarray | None = None) -> None:
         if self._progress is not None and not self.done:
             index, steps_done, num_steps = (int(v) for v in values.reshape(-1)[:3])
-            self._progress.put_nowait(GenerationProgress(index, steps_done, num_steps))
+            self._progress.put(GenerationProgress(index, steps_done, num_steps, preview))
 
     def succeed(self, result: Any, worker: WorkerState | None) -> None:
         """A final response with images (a tritonclient InferResult)."""
@@ -157,4 +155,4 @@ class TritonGeneration:
         if self.timer is not None:
             self.timer.cancel()
         if self._progress is not None:
-            self._progress.put_nowait(None)
+            self._progress.finish()

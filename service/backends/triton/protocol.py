@@ -42,6 +42,7 @@ INPUTS: dict[str, tuple[str, tuple[int, ...], bool]] = {
     "VARIANCE": ("BYTES", (1,), True),  # absent or empty: the model's own (ddpm's Sigma, see VarianceType)
     # JSON [{"steps", "sampler", "variance"}, ...]: coarser options accepted under load (engine.degrade)
     "FALLBACKS": ("BYTES", (1,), True),
+    "PREVIEW_EVERY": ("INT32", (1,), True),  # with PROGRESS: a PREVIEW every this many steps; <= 0: none
 }
 OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "IMAGES": ("UINT8", (-1, -1, -1, -1)),  # [num_images, H, W, C]
@@ -49,6 +50,7 @@ OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "QUEUE_SECONDS": ("FP32", (-1,)),  # per image: arrival -> admission into a slot
     "TOTAL_SECONDS": ("FP32", (-1,)),  # per image: arrival -> done
     "PROGRESS": ("INT32", (3,)),  # image_index, steps_done, num_steps (a non-final response)
+    "PREVIEW": ("UINT8", (-1, -1, -1)),  # beside PROGRESS when one is due: the predicted x0, [H, W, C]
     "ERROR": ("BYTES", (1,)),  # JSON {"code", "message", "retry_after"} (a final response)
     "DEGRADATION": ("BYTES", (1,)),  # JSON of engine.generation.Degradation; empty: ran as asked
 }
@@ -110,6 +112,7 @@ class WireRequest:
     cancel: bool = False
     variance: str | None = None  # a VarianceType value; None: the model's own
     fallbacks: tuple[StepOption, ...] = ()
+    preview_every: int | None = None
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The input tensors of this request (what the gateway sends)."""
@@ -130,6 +133,7 @@ class WireRequest:
                 PROGRESS=self.progress,
                 VARIANCE=(self.variance or "").encode(),
                 FALLBACKS=encode_fallbacks(self.fallbacks).encode(),
+                PREVIEW_EVERY=self.preview_every or 0,
             )
         return {
             name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
@@ -154,6 +158,7 @@ class WireRequest:
             progress=progress,
             variance=None if spec.variance is None else str(spec.variance),
             fallbacks=spec.fallbacks,
+            preview_every=spec.preview_every,
         )
 
     def spec(self, model: str) -> GenerationSpec:
@@ -172,6 +177,7 @@ class WireRequest:
             variance=None if self.variance is None else VarianceType(self.variance),
             timeout_seconds=self.timeout_seconds,
             fallbacks=self.fallbacks,
+            preview_every=self.preview_every,
         )
 
     @classmethod
@@ -191,6 +197,7 @@ class WireRequest:
         label = int(scalar("CLASS_LABEL", -1))
         eta = float(scalar("ETA", -1.0))
         timeout = float(scalar("TIMEOUT_SECONDS", 0.0))
+        preview_every = int(scalar("PREVIEW_EVERY", 0))
         return cls(
             request_id=request_id,
             class_label=None if label < 0 else label,
@@ -204,6 +211,7 @@ class WireRequest:
             cancel=bool(scalar("CANCEL", False)),
             variance=str(scalar("VARIANCE", "")) or None,
             fallbacks=decode_fallbacks(str(scalar("FALLBACKS", ""))),
+            preview_every=preview_every if preview_every > 0 else None,
         )
 
 
@@ -268,8 +276,13 @@ def decode_degradation(raw: np.ndarray | None) -> Degradation | None:
     )
 
 
-def progress_tensors(image_index: int, steps_done: int, num_steps: int) -> dict[str, np.ndarray]:
-    return {"PROGRESS": np.array([image_index, steps_done, num_steps], dtype=np.int32)}
+def progress_tensors(
+    image_index: int, steps_done: int, num_steps: int, preview: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    tensors = {"PROGRESS": np.array([image_index, steps_done, num_steps], dtype=np.int32)}
+    if preview is not None:
+        tensors["PREVIEW"] = np.ascontiguousarray(preview, dtype=np.uint8)
+    return tensors
 
 
 def error_tensors(error: errors.EngineError) -> dict[str, np.ndarray]:
