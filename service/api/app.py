@@ -18,7 +18,7 @@ from service.api import errors, openapi
 from service.api.auth import BearerAuth, key_id
 from service.api.context import AppContext
 from service.api.metrics import Metrics
-from service.api.routes import generate, health, models
+from service.api.routes import generate, health, models, playground
 from service.api.settings import Settings
 from service.backends.base import Backend, EngineSettings
 
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     errors.install(app, on_error=lambda request, error: _count_failure(metrics, request, error))
     for router in (generate.router, models.router, health.router):
         app.include_router(router)
+    if settings.playground:
+        app.include_router(playground.router)
     openapi.install(app, context, auth)
     if auth is not None:
         app.add_middleware(BearerAuth, settings=auth, on_refused=metrics.count_auth_refusal)

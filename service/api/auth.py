@@ -67,6 +67,11 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
+# The playground's static files (service.api.routes.playground): no data in them, and the page must load
+# before it can ask for a key, so they answer without one. Its API calls carry the key like any client's.
+PAGE_PATHS = frozenset({"/", "/playground/playground.js", "/playground/playground.css"})
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     keys: tuple[str, ...]
@@ -145,7 +150,8 @@ class BearerAuth:
         self._keys = [(key.encode(), key_id(key)) for key in settings.keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.settings.public_paths:
+        path = scope.get("path")
+        if scope["type"] != "http" or path in self.settings.public_paths or path in PAGE_PATHS:
             await self.app(scope, receive, send)
             return
         kid = self.match(_bearer_token(scope))

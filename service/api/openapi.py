@@ -87,7 +87,7 @@ def _given(name: str) -> dict[str, Any]:
 def relations() -> list[dict[str, Any]]:
     """The request's rules that tie fields together (GenerateRequest and requested_kind enforce them):
     at most one of steps / latency_budget_ms / max_fid; eta only with sampler ddim; variance only with
-    sampler ddpm (or none)."""
+    sampler ddpm (or none); preview_every only with stream=true."""
     rules: list[dict[str, Any]] = []
     for i, first in enumerate(STEP_CHOOSERS):
         for second in STEP_CHOOSERS[i + 1 :]:
@@ -100,6 +100,12 @@ def relations() -> list[dict[str, Any]]:
     )
     rules.append(
         {"if": _given("variance"), "then": {"properties": {"sampler": {"enum": [None, DEFAULT_SAMPLER]}}}}
+    )
+    rules.append(
+        {
+            "if": _given("preview_every"),
+            "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        }
     )
     return rules
 

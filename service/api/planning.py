@@ -83,6 +83,7 @@ def plan_generation(body: GenerateRequest, context: AppContext) -> Plan:
         variance=kind.request_variance,
         timeout_seconds=timeout_ms / 1000,
         fallbacks=fallbacks_for(body, info, choice, kind.name),
+        preview_every=body.preview_every,
     )
     quality = point_at(info, kind.name, choice.steps)
     return Plan(info, spec, choice, body.seed is None, quality, predictor.base(choice.steps))

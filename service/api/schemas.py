@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from service.backends.base import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS
+from service.backends.base import DEFAULT_SAMPLER, MAX_PREVIEWS, SAMPLER_NAMES, SAMPLERS
 
 # The registry's names as the request's enum (a Literal built at import: every registered sampler),
 # and "auto": the best calibrated sampler for the request's K.
@@ -129,14 +129,40 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(
         False, strict=True, description="Server-sent events: `progress` per step, then `result` (json)."
     )
+    preview_every: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="With stream=true: a `preview` event (the predicted x0 as a small PNG) every this many "
+        f"steps of each image; raised to K/{MAX_PREVIEWS} so an image sends at most {MAX_PREVIEWS}. "
+        "Off by default.",
+    )
     timeout_ms: int | None = Field(
         None, gt=0, strict=True, description="Deadline from arrival; past it the request ends with 504."
     )
 
-    @field_validator("class_label", "steps", "min_steps", "num_images", "seed", "timeout_ms", mode="before")
+    @field_validator(
+        "class_label",
+        "steps",
+        "min_steps",
+        "num_images",
+        "seed",
+        "preview_every",
+        "timeout_ms",
+        mode="before",
+    )
     @classmethod
     def _integral_numbers(cls, value: Any) -> Any:
         return _integral(value)
+
+    @field_validator("preview_every")
+    @classmethod
+    def _previews_are_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("stream"):
+            raise PydanticCustomError(
+                "previews_need_stream", "preview_every needs stream=true: previews travel as SSE events"
+            )
+        return value
 
     @field_validator("latency_budget_ms", "max_fid")
     @classmethod
@@ -232,6 +258,13 @@ class ProgressEvent(BaseModel):
     step: int = Field(description="Steps done for that image.")
     steps: int = Field(description="K.")
     progress: float = Field(description="Fraction of the whole request's steps done (0..1).")
+
+
+class PreviewEvent(BaseModel):
+    image: int = Field(description="Image index within the request.")
+    step: int = Field(description="Steps done for that image when x0 was predicted.")
+    steps: int = Field(description="K.")
+    png: str = Field(description="The predicted x0, base64 PNG, shrunk to at most 128 pixels a side.")
 
 
 class ErrorDetail(BaseModel):

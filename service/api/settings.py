@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="how long shutdown waits for in-flight work"
     )
+    playground: bool = Field(
+        default=True, description="serve the playground page at GET / (static; its API calls need a key)"
+    )
     metric_steps: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(10, 25, 50, 100, 250, 1000),
         description="K values reported exactly in metric labels; others fall in le_<K>/gt_<K> buckets",

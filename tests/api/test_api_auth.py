@@ -12,14 +12,14 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service.api.auth import AuthSettings, KeyLimits, key_id, read_keys
+from service.api.auth import PAGE_PATHS, AuthSettings, KeyLimits, key_id, read_keys
 from service.api.settings import Settings, SettingsError
 from tests.api.helpers import ModelDirs, make_settings, serve
 
 KEY = "k-0123456789abcdef-first"
 OTHER = "k-0123456789abcdef-other"
 BEARER = {"Authorization": f"Bearer {KEY}"}
-PUBLIC = {"/healthz", "/readyz", "/metrics"}
+PUBLIC = {"/healthz", "/readyz", "/metrics"} | PAGE_PATHS  # the playground's files hold no data
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,9 @@ def every_path(client: TestClient) -> list[tuple[str, str]]:
 
 def test_no_route_but_the_public_ones_answers_without_a_valid_key(client: TestClient) -> None:
     paths = every_path(client)
-    assert {"/docs", "/openapi.json", "/generate", "/v1/models"} <= {p for _, p in paths}
+    assert {"/docs", "/openapi.json", "/generate", "/v1/models", "/"} <= {p for _, p in paths}
+    for page in PAGE_PATHS:  # the page loads without a key, then asks for one
+        assert client.get(page).status_code == 200, page
     for method, path in [*paths, ("GET", "/no-such-path")]:
         for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Basic {KEY}"}):
             r = client.request(method, path, headers=headers)

@@ -25,19 +25,21 @@ from service.api.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    PreviewEvent,
     ProgressEvent,
     Selection,
     Timings,
 )
 from service.api.selection import point_at
-from service.backends.base import Generation, GenerationResult
-from service.images import grid, png_bytes
+from service.backends.base import Generation, GenerationProgress, GenerationResult
+from service.images import grid, png_bytes, preview_png
 from service.quality.sampler_kinds import kind_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generate"])
 
 KEEPALIVE_SECONDS = 15.0  # an idle stream (long queue) sends a comment so proxies keep it open
+PREVIEW_SIDE = 128  # previews larger than this a side are shrunk (a 256-pixel x0 is sent at 128)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON"},
@@ -171,6 +173,21 @@ async def _progress_events(generation: Generation, plan: Plan) -> AsyncIterator[
             progress=sum(done) / sum(total),
         )
         yield format_sse_event(event="progress", data_str=progress.model_dump_json())
+        if event.preview is not None:
+            yield format_sse_event(event="preview", data_str=await _preview_json(event))
+
+
+async def _preview_json(event: GenerationProgress) -> str:
+    """The predicted x0 of a progress event as a `preview` event's data (encoded off the event loop)."""
+    assert event.preview is not None
+    png = await run_in_threadpool(preview_png, event.preview, PREVIEW_SIDE)
+    preview = PreviewEvent(
+        image=event.image_index,
+        step=event.steps_done,
+        steps=event.num_steps,
+        png=base64.b64encode(png).decode("ascii"),
+    )
+    return preview.model_dump_json()
 
 
 async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
