@@ -2,7 +2,7 @@
 
 Every request streams (stream=true), so the only difference is the `preview` events: in "on" phases each
 request asks `preview_every=1`, the most a client can ask, which the server raises to K/MAX_PREVIEWS (at
-most 20 previews an image: the K = 10 images of the mix get 9, the K = 100 ones 19). One default server
+most 10 previews an image: the K = 10 images of the mix get 9, the K = 100 ones 9). One default server
 on the bundled model (compiled before the run starts), saturated by 32 closed-loop clients over K uniform
 in {10, 25, 50, 100}, as the served-throughput benchmark does.
 
@@ -111,7 +111,8 @@ def markdown(phases: list[Phase], compiled_s: float, load: tuple[float, float]) 
             f"compiling before the run), {CONCURRENCY} closed-loop clients, K uniform over "
             f"{sorted(throughput.MIX)}, every request streamed. After {WARMUP_S:.0f} s of warm-up, "
             f"{len(phases)} phases of {PHASE_S:.0f} s alternate off / on; on: `preview_every=1` (raised by "
-            "the server to K/20). A phase counts the 200s sent and finished in it, after its first "
+            "the server to its per-image bound, `MAX_PREVIEWS` in service/engine/request.py). A phase "
+            "counts the 200s sent and finished in it, after its first "
             f"{SETTLE_S:.0f} s. "
             f"Load average {load[0]:.2f} → {load[1]:.2f}; nothing else ran.",
             report.table(["phase", "previews", "200s counted", "images·steps/s"], rows),

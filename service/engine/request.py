@@ -58,10 +58,12 @@ class Request:
         return self.fallbacks[-1].steps if self.fallbacks else None
 
 
-# Previews of one image are at most this many, whatever `preview_every` asks: each costs a device ->
-# host copy and, at the gateway, a PNG, so a K = 1000 row asking one per step would cost more than its
-# sampling on a small model (loadtest/previews.py measures the bound's cost at saturation).
-MAX_PREVIEWS = 20
+# Previews of one image are at most this many, whatever `preview_every` asks. Their cost is not the
+# device -> host copy (0.6 % of the engine thread) but the bytes and wake-ups around them: a base64 PNG
+# per event through the event loop, the socket and the client, which on a 2-core server come out of the
+# network's threads. Measured at saturation with every request asking for the most (loadtest/previews.py):
+# at most 20 an image cost 7.5 % of served throughput; docs/previews.md has the bound shipped.
+MAX_PREVIEWS = 10
 
 
 def preview_period(preview_every: int | None, num_steps: int) -> int | None:

@@ -37,13 +37,13 @@ def test_previews_every_n_steps_of_each_image_before_the_result(client: TestClie
 
 
 def test_previews_show_x0_sharpening_towards_the_result(client: TestClient) -> None:
-    body = {"class_label": 2, "steps": 12, "seed": 9, "preview_every": 1}
+    body = {"class_label": 2, "steps": 10, "seed": 9, "preview_every": 1}
     events = stream(client, body)
     final = decode(events[-1][1]["images"][0])
     shown = [decode(p["png"]) for p in previews(events)]
     distance = [float(abs(x - final).mean()) for x in shown]
     # Every step brings the prediction of x0 closer to the image it ends as (on the tiny random model:
-    # 125 grey levels apart after the first step, under 3 after the 11th of 12).
+    # 124 grey levels apart after the first step, about 3 after the 9th of 10).
     assert all(later < earlier for earlier, later in zip(distance, distance[1:], strict=False))
     assert distance[-1] < distance[0] / 20
 
@@ -54,7 +54,7 @@ def decode(png_base64: str) -> np.ndarray:
 
 def test_previews_are_bounded_per_image(client: TestClient) -> None:
     shown = previews(stream(client, {"class_label": 1, "steps": 60, "seed": 1, "preview_every": 1}))
-    # Asked for one per step; raised to every 60 / MAX_PREVIEWS = 3 steps: 3, 6, ..., 57.
+    # Asked for one per step; raised to every 60 / MAX_PREVIEWS = 6 steps: 6, 12, ..., 54.
     assert [p["step"] for p in shown] == list(range(60 // MAX_PREVIEWS, 60, 60 // MAX_PREVIEWS))
 
 

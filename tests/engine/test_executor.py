@@ -222,7 +222,7 @@ def test_previews_come_every_n_steps_only_for_the_rows_that_ask(tiny_model: Load
     tables = executor.tables
     asking = row(tiny_model, tables, 7, 1, 5, preview_every=3)
     plain = row(tiny_model, tables, 7, 1, 6)
-    bounded = row(tiny_model, tables, 45, 2, 7, preview_every=1)  # raised to every 45 / 20 -> 3 steps
+    bounded = row(tiny_model, tables, 45, 2, 7, preview_every=1)  # raised to every 45 / 10 -> 5 steps
     rows = [asking, plain, bounded]
     for slot, r in enumerate(rows):
         r.slot = slot
@@ -239,5 +239,5 @@ def test_previews_come_every_n_steps_only_for_the_rows_that_ask(tiny_model: Load
         active = [r for r in active if id(r) not in finished]
     assert previews[id(asking)] == [3, 6]  # never after the last step: that is the image itself
     assert previews[id(plain)] == []
-    assert previews[id(bounded)] == list(range(3, 45, 3))
+    assert previews[id(bounded)] == list(range(5, 45, 5))
     assert max_diff(finished[id(asking)], solo_image(tiny_model, asking)) <= 1  # previews change nothing

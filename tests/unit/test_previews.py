@@ -14,7 +14,7 @@ from service.images import preview_png
 
 @pytest.mark.parametrize(
     ("every", "steps", "period"),
-    [(None, 50, None), (5, 50, 5), (1, 10, 1), (1, 100, 5), (1, 1000, 50), (7, 1000, 50), (80, 1000, 80)],
+    [(None, 50, None), (5, 50, 5), (1, 10, 1), (1, 100, 10), (7, 1000, 100), (150, 1000, 150)],
 )
 def test_the_period_is_as_asked_but_never_more_than_max_previews_an_image(
     every: int | None, steps: int, period: int | None
