@@ -127,7 +127,10 @@ class GenerateRequest(BaseModel):
         "headers; json: base64 PNGs with K, seed, timings and calibrated quality.",
     )
     stream: bool = Field(
-        False, strict=True, description="Server-sent events: `progress` per step, then `result` (json)."
+        False,
+        strict=True,
+        description="Server-sent events: `progress` per step (and `preview` with preview_every), then "
+        "`result` (json).",
     )
     preview_every: int | None = Field(
         None,

@@ -106,8 +106,9 @@ def test_gateway_over_triton_matches_embedded(
     assert sorted((p["image"], p["step"]) for p in previews) == [(0, 2), (0, 4), (1, 2), (1, 4)]
     assert all(Image.open(io.BytesIO(base64.b64decode(p["png"]))).size == (16, 16) for p in previews)
     assert json.loads(previewed[-1][1])["images"] == as_json["images"]
-    # Per-request metrics are the gateway's, as when embedded (K = 4 and 5 fall in the bucket le_10).
-    assert 'ddpm_queue_wait_seconds_count{k="le_10",model="tiny"} 7.0' in metrics
+    # Per-image metrics are the gateway's, as when embedded (K = 4 and 5 fall in the bucket le_10): 2 + 1
+    # images of REQUESTS, then 2 each as JSON, streamed and previewed.
+    assert 'ddpm_queue_wait_seconds_count{k="le_10",model="tiny"} 9.0' in metrics
     expired = 'ddpm_requests_total{k="1000",model="tiny",sampler="ddpm",status="deadline_exceeded"} 1.0'
     assert expired in metrics
 
