@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -64,13 +66,36 @@ def compile_enabled(settings: EngineSettings, device: torch.device) -> bool:
     return device.type == "cuda" if settings.compile is None else settings.compile
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would call on the CPU ($CXX, else g++), or None when there is none."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+@functools.cache
+def _warn_no_compiler() -> None:
+    log.warning(
+        "compile is on but no C++ compiler (g++ or $CXX) is installed, which torch.compile needs on the "
+        "CPU: serving eager. Install g++ to serve compiled, or set DDPM_COMPILE=false to silence this."
+    )
+
+
 def compiles_in_background(settings: EngineSettings, device: torch.device) -> bool:
-    """Compiled, but after warm-up and off the engine thread: the CPU (see the module docstring)."""
+    """Compiled, but after warm-up and off the engine thread: the CPU (see the module docstring). A slim
+    image without a C++ compiler serves eager with one warning, not a failed build per start."""
+    if not _background_wanted(settings, device):
+        return False
+    if cpp_compiler() is None:
+        _warn_no_compiler()
+        return False
+    return True
+
+
+def _background_wanted(settings: EngineSettings, device: torch.device) -> bool:
     return compile_enabled(settings, device) and device.type == "cpu" and settings.compile_in_background
 
 
 def compiles_at_warm_up(settings: EngineSettings, device: torch.device) -> bool:
-    return compile_enabled(settings, device) and not compiles_in_background(settings, device)
+    return compile_enabled(settings, device) and not _background_wanted(settings, device)
 
 
 def prepare_denoiser(

@@ -263,3 +263,18 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(
     assert compile_module.torso_dtype(Precision.AUTO, cuda) == torch.float16
     monkeypatch.setattr(compile_module, "native_bf16", lambda: False)
     assert compile_module.torso_dtype(Precision.AUTO, cpu) == torch.float32
+
+
+def test_without_a_cpp_compiler_the_cpu_serves_eager_instead_of_failing_builds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slim image has no g++: torch.compile cannot build there, so the engine does not try (one warning
+    that says what to change), and it does not fall back to compiling at warm-up either."""
+    cpu, settings = torch.device("cpu"), EngineSettings(compile=True)
+    assert compile_module.compiles_in_background(settings, cpu) == (compile_module.cpp_compiler() is not None)
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    compile_module._warn_no_compiler.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert not compile_module.compiles_in_background(settings, cpu)
+    assert not compile_module.compiles_at_warm_up(settings, cpu)
+    assert "DDPM_COMPILE=false" in caplog.text and "g++" in caplog.text
