@@ -1,4 +1,5 @@
-"""Every Dockerfile's COPY sources exist and survive its .dockerignore; compose builds existing files."""
+"""Every Dockerfile's COPY sources exist and survive .dockerignore, which keeps the rest of the repository
+out of the build context; compose builds existing files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from tests.deploy.conftest import COMPOSE_FILES, DOCKER, ROOT
 
-DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
+DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
+DOCKERIGNORE = ROOT / ".dockerignore"
 
 
 def copy_sources(dockerfile: Path) -> list[str]:
@@ -54,10 +56,17 @@ def test_copy_sources_exist(dockerfile: Path) -> None:
     assert sources, f"{dockerfile.name} copies nothing?"
     missing = [s for s in sources if not (ROOT / s).exists()]
     assert not missing, f"{dockerfile.name}: COPY sources missing from the build context: {missing}"
-    dockerignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
-    if dockerignore.exists():
-        dropped = [s for s in sources if ignored(s.rstrip("/"), dockerignore)]
-        assert not dropped, f"{dockerignore.name} excludes COPY sources: {dropped}"
+    dropped = [s for s in sources if ignored(s.rstrip("/"), DOCKERIGNORE)]
+    assert not dropped, f".dockerignore excludes COPY sources: {dropped}"
+
+
+@pytest.mark.parametrize("path", ["runs", "tests", ".venv", ".git", "docs", "test-artifacts", ".mypy_cache"])
+def test_dockerignore_keeps_the_rest_out_of_the_context(path: str) -> None:
+    assert ignored(path, DOCKERIGNORE)
+
+
+def test_dockerignore_keeps_caches_out_of_copied_folders() -> None:
+    assert ignored("service/__pycache__", DOCKERIGNORE)
 
 
 def test_copied_model_is_a_triton_model_folder() -> None:
