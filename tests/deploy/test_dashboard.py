@@ -49,6 +49,28 @@ def queries() -> list[str]:
     return exprs
 
 
+def query_texts() -> list[str]:
+    """The dashboard's queries as Prometheus receives them: Grafana's variables given values."""
+    texts = []
+    for expr in queries():
+        for variable, value in VARIABLES.items():
+            expr = expr.replace(variable, value)
+        texts.append(expr)
+    return texts
+
+
+def serve_sample_traffic(base: str, low_k: int = 2, high_k: int = 4) -> None:
+    """Three good requests (one degraded from high_k to low_k: four images in two slots queue behind the
+    first, service.engine.degrade; the gateway runs with max_batch=2) and a refused one, so that every
+    dashboard panel has a series. Both K must be calibrated points (the degraded panel reads their FIDs)."""
+    degraded = {"class_label": 3, "steps": high_k, "num_images": 4, "min_steps": low_k}
+    plain = ({"class_label": 1, "steps": low_k}, {"class_label": 2, "steps": high_k, "num_images": 2})
+    for body in (*plain, degraded):
+        assert httpx.post(f"{base}/generate", json=body, timeout=60).status_code == 200
+    assert "X-Degraded" in httpx.post(f"{base}/generate", json=degraded, timeout=60).headers
+    assert httpx.post(f"{base}/generate", json={"class_label": 99, "steps": 2}).status_code == 422
+
+
 def metric_names(expr: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, keywords, labels or
     strings (label matchers {...} and by (...) / without (...) lists are removed first)."""
@@ -91,18 +113,9 @@ def calibrated_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gateway(calibrated_model: Path) -> Iterator[str]:
-    """A live gateway that has served three good requests (one degraded: four images in two slots queue
-    behind the first, service.engine.degrade) and refused a bad one."""
+    """A live gateway after serve_sample_traffic."""
     with served(create_app(gateway_settings(calibrated_model, max_batch=2))) as base:
-        degraded = {"class_label": 3, "steps": 4, "num_images": 4, "min_steps": 2}
-        for body in (
-            {"class_label": 1, "steps": 2},
-            {"class_label": 2, "steps": 4, "num_images": 2},
-            degraded,
-        ):
-            assert httpx.post(f"{base}/generate", json=body, timeout=60).status_code == 200
-        assert "X-Degraded" in httpx.post(f"{base}/generate", json=degraded, timeout=60).headers
-        assert httpx.post(f"{base}/generate", json={"class_label": 99, "steps": 2}).status_code == 422
+        serve_sample_traffic(base)
         yield base
 
 
@@ -167,14 +180,11 @@ def test_every_dashboard_query_returns_data(gateway: str, tmp_path: Path) -> Non
                 pass
             time.sleep(0.5)
         empty = []
-        for expr in queries():
-            query = expr
-            for variable, value in VARIABLES.items():
-                query = query.replace(variable, value)
+        for query in query_texts():
             answer = httpx.get(api, params={"query": query}, timeout=5).json()
-            assert answer["status"] == "success", (expr, answer)
+            assert answer["status"] == "success", (query, answer)
             if not answer["data"]["result"]:
-                empty.append(expr)
+                empty.append(query)
         assert not empty, f"queries that returned no series: {empty}"
     finally:
         server.terminate()
