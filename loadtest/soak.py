@@ -26,7 +26,7 @@ import httpx
 from loadtest import report, throughput
 from loadtest.adaptive import BUNDLED, wait_compiled
 from loadtest.machine import load_average, pin_threads
-from loadtest.server import Server, ServerConfig
+from loadtest.server import MetricsSnapshot, Server, ServerConfig
 
 LOAD = 0.7
 STREAM_SHARE = 1 / 3
@@ -37,6 +37,28 @@ P99_BAR = 0.10
 FD_ALLOWANCE = 16
 SATURATION_READINGS = 3
 MIX = throughput.MIX
+MINUTE_COLUMNS = ["minute", "RSS", "open fds", "threads", "200s", "p99", "ms / UNet row", "rows / step"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """The engine's own account of a minute, from its /metrics counters: how long a UNet row took and how
+    many rows a step carried. Larger batches cost less per row, so a minute whose rows took longer while
+    its batches were no smaller ran on a slower machine (or a slower server), not under more load."""
+
+    ms_per_row: float
+    rows_per_step: float
+
+    @staticmethod
+    def between(before: MetricsSnapshot, after: MetricsSnapshot) -> Work | None:
+        def delta(name: str) -> float:
+            return after.value(name) - before.value(name)
+
+        rows, steps = delta("ddpm_unet_evaluations_total"), delta("ddpm_step_duration_seconds_count")
+        if rows <= 0 or steps <= 0:
+            return None
+        ms_per_row = 1000 * delta("ddpm_step_duration_seconds_sum") / rows
+        return Work(ms_per_row, delta("ddpm_batch_rows_sum") / steps)
 
 
 @dataclass
@@ -46,6 +68,7 @@ class Minute:
     fds: int
     threads: int
     latencies: list[float] = field(default_factory=list)
+    work: Work | None = None  # what the server's engine did this minute
 
     @property
     def p99(self) -> float | None:
@@ -108,6 +131,7 @@ async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun
         base_url=server.base_url, timeout=60.0, limits=limits, trust_env=False
     ) as client:
         tasks: set[asyncio.Task[None]] = set()
+        counters = await server.metrics_async(client)
         start = time.perf_counter()
         next_sample = start + SAMPLE_S
         next_arrival = start + rng.expovariate(rate)
@@ -116,8 +140,11 @@ async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun
             now = time.perf_counter()
             if now >= next_sample:
                 fds, threads = proc_counts(server.pid)
+                latest = await server.metrics_async(client)
+                work = Work.between(counters, latest)
+                counters = latest
                 run.minutes.append(
-                    Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending)
+                    Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending, work)
                 )
                 run.pending = []
                 next_sample += SAMPLE_S
@@ -130,7 +157,8 @@ async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun
             await asyncio.sleep(max(0.0, min(next_arrival, next_sample, end) - time.perf_counter()))
         await asyncio.gather(*tasks)
         fds, threads = proc_counts(server.pid)  # the last minute, its stragglers included
-        run.minutes.append(Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending))
+        work = Work.between(counters, await server.metrics_async(client))
+        run.minutes.append(Minute(len(run.minutes) + 1, server.rss_bytes(), fds, threads, run.pending, work))
     return run
 
 
@@ -138,9 +166,12 @@ def markdown(
     run: SoakRun, rate: float, saturation: float, how: str, minutes: int, load: tuple[float, float]
 ) -> str:
     rows = [
-        (m.index, report.mib(m.rss), m.fds, m.threads, len(m.latencies), report.seconds(m.p99))
+        (
+            m.index, report.mib(m.rss), m.fds, m.threads, len(m.latencies), report.seconds(m.p99),
+            f"{m.work.ms_per_row:.2f}" if m.work else "-", f"{m.work.rows_per_step:.1f}" if m.work else "-",
+        )
         for m in run.minutes
-    ]
+    ]  # fmt: skip
     base = run.minutes[min(4, len(run.minutes) - 1)]
     last = run.minutes[-1]
     growth = last.rss / base.rss - 1
@@ -174,7 +205,7 @@ def markdown(
             f"{LEAVE_SHARE:.0%} of clients leaving after 0.05-0.5 s. One default server on the bundled "
             "model. Load average "
             f"{load[0]:.2f} → {load[1]:.2f}. Requests: {run.sent} sent; {outcomes}.",
-            report.table(["minute", "RSS", "open fds", "threads", "200s", "p99"], rows),
+            report.table(MINUTE_COLUMNS, rows),
             report.table(["minutes", "200s", "p99"], window_rows),
             failures,
             report.bar(
@@ -208,7 +239,7 @@ def plot(run: SoakRun, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [m.index for m in run.minutes]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
     axes[0].plot(minutes, [m.rss / 2**20 for m in run.minutes])
     axes[0].set(title="server RSS (MiB)", xlabel="minute")
     axes[1].plot(minutes, [m.fds for m in run.minutes], label="open fds")
@@ -217,6 +248,8 @@ def plot(run: SoakRun, path: Path) -> None:
     axes[1].legend()
     axes[2].plot(minutes, [m.p99 or float("nan") for m in run.minutes])
     axes[2].set(title="p99 latency of 200s (s)", xlabel="minute")
+    axes[3].plot(minutes, [m.work.ms_per_row if m.work else float("nan") for m in run.minutes])
+    axes[3].set(title="server ms per UNet row (machine speed)", xlabel="minute")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
