@@ -108,7 +108,9 @@ async def one_request(client: httpx.AsyncClient, run: SoakRun, index: int, rng: 
                 text = (await response.aread()).decode(errors="replace")
         status = str(response.status_code)
         if stream and response.status_code == 200 and "event: result" not in text:
-            status = "stream_without_result"
+            # Once the status line is sent, an error (a deadline, say) travels as an `error` event: a
+            # terminal answer like a 504. A stream with neither event lost its request.
+            status = "sse_error" if "event: error" in text else "stream_without_result"
         run.outcomes[status] += 1
         if response.status_code == 200:
             run.pending.append(time.perf_counter() - start)
