@@ -148,12 +148,12 @@ def build_gateway(tag: str = GATEWAY_IMAGE) -> Build:
     """`podman build` of docker/Dockerfile.gateway from the repository root, in Docker's image format (the
     OCI format has no HEALTHCHECK)."""
     start = time.monotonic()
-    # The image a previous run left (its layers, gigabytes) goes once this build has replaced its tag.
     podman(
         "build", "--format", "docker", "--network", "host", "--file", str(DOCKERFILE), "--tag", tag,
         *build_args(), str(ROOT),
     )  # fmt: skip
     seconds = time.monotonic() - start
+    # The image a previous run left (gigabytes of layers) lost its tag to this one: drop it now.
     podman("image", "prune", "--force")
     size = json.loads(podman("image", "inspect", tag))[0]["Size"]
     return Build(seconds, int(size))
