@@ -36,6 +36,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when run as a script
+from service.triton_worker.launcher import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile.gateway"
 PROMETHEUS_CONFIG = ROOT / "docker" / "prometheus.yml"
@@ -244,7 +247,7 @@ def prometheus_queries(queries: Sequence[str], wait_s: float = 60.0) -> dict[str
     service names resolving to loopback (the gateway is on the host network), until it has scraped the
     gateway three times; then answer every query. Returns each query's result list."""
     name = "ddpm-prometheus-check"
-    port = next(p for p in range(19090, 19190) if not port_taken(p))
+    port = free_port()
     podman_run("rm", "--force", name)
     podman(
         "run", "--detach", "--name", name, "--network", "host",
