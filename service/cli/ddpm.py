@@ -78,9 +78,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from service.training.config import TrainConfig
-    from service.training.trainer import train
+    from service.training.config import TrainConfig, resolve_bf16
+    from service.training.trainer import saved_config, train
 
+    saved = saved_config(Path(args.run_dir)) if args.resume else None
     config = TrainConfig(
         preset=args.preset,
         name=args.name or Path(args.out).name,
@@ -90,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         ema_decay=args.ema_decay,
         seed=args.seed,
         objective=args.objective,
-        bf16=not args.fp32,
+        bf16=resolve_bf16(args.precision, saved),
         checkpoint_every=args.checkpoint_every,
         data_dir=args.data_dir,
     )
@@ -316,7 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="hybrid",
         help="hybrid: L_simple + 0.001 L_vlb; vlb: L_vlb with loss-second-moment importance sampling",
     )
-    p.add_argument("--fp32", action="store_true", help="disable bf16 autocast")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast or fp32; auto: a resumed run's own, else bf16 where the CPU has it natively "
+        "(AMX/AVX512-BF16) and fp32 where bf16 is emulated (several times slower there)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--data-dir", help="folder of the Fashion-MNIST idx .gz files")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")

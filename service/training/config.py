@@ -22,7 +22,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     objective: Objective = "hybrid"  # hybrid: L_simple + 0.001 L_vlb; vlb: L_vlb with importance sampling
-    bf16: bool = True  # CPU autocast; roughly halves the step time on these machines
+    bf16: bool = True  # CPU autocast: faster where the CPU has native bf16, far slower where it is emulated
     checkpoint_every: int = 500
     data_dir: str | None = None
 
@@ -39,3 +39,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_bf16(precision: str, saved: TrainConfig | None) -> bool:
+    """`--precision` made concrete: auto keeps a resumed run's own choice, else bf16 where it is native.
+
+    bf16 autocast roughly halves a step where the CPU computes bf16 natively (AMX / AVX512-BF16) and makes
+    it about ten times slower where oneDNN emulates it (bench/train_speed.py, docs/quality.md); a resumed
+    run keeps its precision because the saved settings must match.
+    """
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    if precision != "auto":
+        raise TrainConfigError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
+    if saved is not None:
+        return saved.bf16
+    from service.engine.compile import native_bf16
+
+    return native_bf16()

@@ -89,6 +89,14 @@ def save_state(run: Run, run_dir: Path) -> None:
     tmp.replace(run_dir / STATE_FILE)  # atomic: a crash mid-write never corrupts the last checkpoint
 
 
+def saved_config(run_dir: Path) -> TrainConfig | None:
+    """The settings of the run saved in `run_dir`, or None where there is none."""
+    if not (run_dir / STATE_FILE).exists():
+        return None
+    state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    return TrainConfig(**state["config"])
+
+
 def resume_run(config: TrainConfig, run_dir: Path) -> Run:
     """The saved run, continued with the new step target; other settings must match."""
     state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)

@@ -13,8 +13,8 @@ from service.diffusion.losses import training_losses
 from service.diffusion.process import spaced_process
 from service.model.denoiser import EpsVDenoiser
 from service.model.manifest import read_manifest
-from service.training.config import TrainConfig, TrainConfigError
-from service.training.trainer import Run, train
+from service.training.config import TrainConfig, TrainConfigError, resolve_bf16
+from service.training.trainer import Run, saved_config, train
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_DIR / "train-images-idx3-ubyte.gz").exists(),
@@ -89,3 +89,21 @@ def test_bad_settings_name_the_option() -> None:
         TrainConfig(batch_size=0)
     with pytest.raises(TrainConfigError, match="--objective"):
         TrainConfig(objective="l2")  # type: ignore[arg-type]
+
+
+def test_auto_precision_keeps_a_resumed_runs_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.engine.compile as compile_module
+
+    monkeypatch.setattr(compile_module, "native_bf16", lambda: True)
+    assert resolve_bf16("auto", None) is True  # a new run on a CPU with native bf16
+    monkeypatch.setattr(compile_module, "native_bf16", lambda: False)
+    assert resolve_bf16("auto", None) is False  # emulated bf16 is several times slower: fp32
+    train(TrainConfig(steps=1, batch_size=8, bf16=False, checkpoint_every=1), tmp_path / "r", progress=False)
+    saved = saved_config(tmp_path / "r")
+    assert saved is not None and saved.bf16 is False
+    monkeypatch.setattr(compile_module, "native_bf16", lambda: True)
+    assert resolve_bf16("auto", saved) is False  # resumed on a bf16 machine: the run stays fp32
+    assert resolve_bf16("bf16", saved) is True  # explicit wins (and resume_run then names the mismatch)
+    assert saved_config(tmp_path / "none") is None
+    with pytest.raises(TrainConfigError, match="--precision"):
+        resolve_bf16("fp8", None)
