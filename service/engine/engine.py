@@ -25,6 +25,7 @@ from service.engine.core import DoneCallback, EngineCore, ProgressCallback
 from service.engine.devices import memory_bytes
 from service.engine.errors import EngineShuttingDown
 from service.engine.generation import Collation, GenerationResult, GenerationSpec
+from service.engine.heap import HeapTrimmer
 from service.engine.observer import EngineObserver
 from service.engine.request import RowResult
 from service.engine.scheduler import Load
@@ -59,6 +60,7 @@ class Engine:
         )
         self._thread: threading.Thread | None = None
         self._stop: str | None = None  # None, "drain" or "abort"
+        self.heap = HeapTrimmer()  # gives freed memory back once idle (heap.py says why)
 
     @property
     def name(self) -> str:
@@ -208,4 +210,6 @@ class Engine:
             if self._core.dead or self._stop == "abort":
                 return False
             if has_work or self._stop is not None:
+                self.heap.busy()
                 return has_work
+            self.heap.idle()  # trims once the engine has been idle for half a second
