@@ -97,3 +97,21 @@ def test_normal_kl_of_identical_gaussians_is_zero() -> None:
     assert normal_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.zeros(1)).item() == pytest.approx(
         0.5
     )
+
+
+def test_ddim_at_eta_one_stays_finite_where_float32_cancels_below_zero() -> None:
+    """1 - alpha_bar_prev - sigma^2 is >= 0 in exact arithmetic; at eta = 1 with alpha_bar_prev within an
+    ulp of 1 its float32 value is -1.4e-14 (correctly rounded IEEE ops, so on every CPU), whose sqrt was
+    NaN. Found as a NaN image of a K = 9 DDIM(eta = 1) row on an AMD EPYC."""
+    c = gather(coefficient_table(spaced_process(COSINE, "10")), torch.tensor([0]))
+    c = c._replace(
+        alphas_cumprod=torch.tensor([0.2771395146846771]),
+        alphas_cumprod_prev=torch.tensor([0.9999999403953552]),
+    )
+    a, a_prev = c.alphas_cumprod, c.alphas_cumprod_prev
+    sigma = torch.sqrt((1 - a_prev) / (1 - a)) * torch.sqrt(1 - a / a_prev)  # as ddim_step computes it
+    sigma_sq = sigma**2
+    assert (1 - c.alphas_cumprod_prev - sigma_sq).item() < 0  # the cancellation this test is about
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = p_mean_variance(torch.randn_like(x), None, x, c, VarianceType.FIXED_SMALL)
+    assert torch.isfinite(ddim_step(x, out, torch.randn_like(x), c, eta=1.0)).all()
