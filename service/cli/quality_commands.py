@@ -64,39 +64,64 @@ def cmd_variance_fit(args: argparse.Namespace) -> None:
             "--num-samples must be >= 10, --fit-rows >= 2, --refit-samples >= 0 and --refit-rounds >= 1 "
             "for --score-optimal-head"
         )
+    if score_steps and len(args.model) > 1:
+        raise ValueError("--score-optimal-head scores one model: give a single --model")
     torch.set_num_threads(args.threads)
-    model = load_model(Path(args.model))
-    if (model.manifest.image_size, model.manifest.image_channels) != (28, 1):
-        raise ValueError(
-            f"{args.model}: variance-fit scores on Fashion-MNIST test images (28x28x1), the only data set "
-            f"packaged here; this model makes {model.manifest.image_size}x{model.manifest.image_size}x"
-            f"{model.manifest.image_channels} images"
-        )
-    if not model.manifest.diffusion.learn_sigma:
-        raise ValueError(f"{args.model}: the model has fixed variances; there is no head to fit")
+    models = [_fittable_model(load_model(Path(path)), path) for path in args.model]
     images, labels = load_split("test", args.data_dir)
     x_start = to_model_space(images[: args.num_images])
-    y = labels[: args.num_images] if model.manifest.num_classes else None
-    process = spaced_process(model.manifest.diffusion, args.steps)
-    steps = evenly_spaced_steps(process.num_timesteps, args.rows)
-    generator = torch.Generator().manual_seed(args.seed)
-    fits = variance_fit(model.denoiser, process, x_start, y, generator, steps)
-    print(f"{model.name}, K={args.steps}, {len(x_start)} test images: frac = weight of log beta in log Sigma")
-    print("| k | t | head frac | KL-optimal frac |\n|---:|---:|---:|---:|")
-    for fit in fits:
-        print(f"| {fit.step} | {fit.timestep} | {fit.head_frac:.3f} | {fit.optimal_frac:.3f} |")
-    gap = sum(abs(f.head_frac - f.optimal_frac) for f in fits) / len(fits)
-    print(f"\nmean |head - optimal| over these steps: {gap:.3f}")
+    fits_by_label: dict[str, list[StepFit]] = {}
+    for model, label in zip(models, _labels(models), strict=True):
+        y = labels[: args.num_images] if model.manifest.num_classes else None
+        process = spaced_process(model.manifest.diffusion, args.steps)
+        steps = evenly_spaced_steps(process.num_timesteps, args.rows)
+        # One generator per model, seeded alike: every model sees the same x_t at each step.
+        generator = torch.Generator().manual_seed(args.seed)
+        fits = variance_fit(model.denoiser, process, x_start, y, generator, steps)
+        fits_by_label[label] = fits
+        print(f"{label}, K={args.steps}, {len(x_start)} test images: frac = weight of log beta in log Sigma")
+        print("| k | t | head frac | KL-optimal frac |\n|---:|---:|---:|---:|")
+        for fit in fits:
+            print(f"| {fit.step} | {fit.timestep} | {fit.head_frac:.3f} | {fit.optimal_frac:.3f} |")
+        gap = sum(abs(f.head_frac - f.optimal_frac) for f in fits) / len(fits)
+        print(f"\nmean |head - optimal| over these steps: {gap:.3f}\n")
     if args.plot:
         from service.quality.plots import plot_variance_fit
 
-        title = f"{model.name}: variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
-        print(f"wrote {plot_variance_fit(fits, title, Path(args.plot))}")
-    if score_steps:
+        names = " vs ".join(fits_by_label) if len(models) > 1 else models[0].name
+        title = f"{names}: variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
+        print(f"wrote {plot_variance_fit(fits_by_label, title, Path(args.plot))}")
+    if score_steps:  # one model (checked above): its generator goes on from its fit, as it always has
+        model = models[0]
+        y = labels[: args.num_images] if model.manifest.num_classes else None
         full = spaced_process(model.manifest.diffusion)
         rows = evenly_spaced_steps(full.num_timesteps, args.fit_rows)
         full_fits = variance_fit(model.denoiser, full, x_start, y, generator, rows)
         score_optimal_head(model, full_fits, score_steps, args)
+
+
+def _fittable_model(model: LoadedModel, path: str) -> LoadedModel:
+    if (model.manifest.image_size, model.manifest.image_channels) != (28, 1):
+        raise ValueError(
+            f"{path}: variance-fit scores on Fashion-MNIST test images (28x28x1), the only data set "
+            f"packaged here; this model makes {model.manifest.image_size}x{model.manifest.image_size}x"
+            f"{model.manifest.image_channels} images"
+        )
+    if not model.manifest.diffusion.learn_sigma:
+        raise ValueError(f"{path}: the model has fixed variances; there is no head to fit")
+    return model
+
+
+def _labels(models: Sequence[LoadedModel]) -> list[str]:
+    """Each model's name, with its training steps where `ddpm train` recorded them (two checkpoints of
+    one run share a name); the folder's path where that still leaves two alike."""
+    labels = []
+    for model in models:
+        steps = model.manifest.source.get("steps")
+        labels.append(model.name if steps is None else f"{model.name} @ {int(steps):,} steps")
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} ({model.path})" for label, model in zip(labels, models, strict=True)]
+    return labels
 
 
 def _step_list(text: str) -> list[int]:
@@ -177,7 +202,12 @@ def add_variance_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "variance-fit", help="learned variance head vs the KL-optimal variance per step, on test images"
     )
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="model folder; repeat to compare models on the same images, noise and steps in one plot",
+    )
     p.add_argument("--steps", default="50", help="K (or any respacing) of the process to check")
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--rows", type=int, default=12, help="how many steps to report, evenly spaced")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +99,28 @@ def plot_frontier(tradeoff: Tradeoff, out: Path) -> Path:
     return save(fig, out)
 
 
-def plot_variance_fit(fits: Sequence[StepFit], title: str, out: Path) -> Path:
-    """The head's interpolation weight and the KL-optimal one against the training step t."""
+def plot_variance_fit(fits: Mapping[str, Sequence[StepFit]], title: str, out: Path) -> Path:
+    """Each model's head weight (solid) and its KL-optimal weight (dashed, same colour) against t."""
     fig, ax = subplots(figsize=(6.5, 4.0))
-    t = [f.timestep for f in fits]
-    ax.plot(t, [f.head_frac for f in fits], marker="o", label="variance head: (v + 1) / 2")
-    ax.plot(t, [f.optimal_frac for f in fits], marker="s", label="KL-optimal for this model's mean")
+    for index, (label, model_fits) in enumerate(fits.items()):
+        t = [f.timestep for f in model_fits]
+        colour = f"C{index}"
+        head = [f.head_frac for f in model_fits]
+        ax.plot(t, head, marker="o", color=colour, label=f"{label}: head (v + 1) / 2")
+        ax.plot(
+            t,
+            [f.optimal_frac for f in model_fits],
+            marker="s",
+            linestyle="--",
+            color=colour,
+            label=f"{label}: KL-optimal for its mean",
+        )
     ax.axhline(0.0, color="grey", linestyle=":", label="fixed small (β̃)")
-    ax.axhline(1.0, color="grey", linestyle="--", label="fixed large (β)")
+    ax.axhline(1.0, color="grey", linestyle="-.", label="fixed large (β)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("training step t of the sampling step")
     ax.set_ylabel("weight of log β in log Σ")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return save(fig, out)

@@ -111,6 +111,33 @@ def test_cli_reports_the_bundled_models_head(capsys: pytest.CaptureFixture[str],
         assert image.format == "PNG"
 
 
+@pytest.mark.skipif(
+    not (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="needs the Debian package dataset-fashion-mnist (.ci/run installs it)",
+)
+def test_cli_compares_models_on_the_same_images_and_noise(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two --model folders: one table each, one plot. The same model twice must give the same rows, which
+    holds only if each model sees the same x_t (its own generator, seeded alike)."""
+    plot = tmp_path / "both.png"
+    args = ["variance-fit", "--steps", "10", "--num-images", "4", "--plot", str(plot)]
+    assert ddpm([*args, "--model", str(BUNDLED), "--model", str(BUNDLED)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 18 and rows[:9] == rows[9:]
+    # Two checkpoints alike in name and steps are told apart by their folders.
+    assert out.count(f"fmnist-small @ 14,000 steps ({BUNDLED})") == 2
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+
+
+def test_cli_scores_the_optimal_head_of_one_model_only(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["variance-fit", "--model", str(BUNDLED), "--model", str(BUNDLED), "--score-optimal-head", "10"]
+    assert ddpm(args) == 2
+    assert "single --model" in capsys.readouterr().err
+
+
 def test_cli_refuses_models_without_packaged_test_images(tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert ddpm(["variance-fit", "--model", str(tiny_model_dir)]) == 2
     assert "Fashion-MNIST" in capsys.readouterr().err
