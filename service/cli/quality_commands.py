@@ -88,8 +88,9 @@ def cmd_variance_fit(args: argparse.Namespace) -> None:
     if args.plot:
         from service.quality.plots import plot_variance_fit
 
-        names = " vs ".join(fits_by_label) if len(models) > 1 else models[0].name
-        title = f"{names}: variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
+        title = f"variance head vs KL-optimal, K={args.steps}, {len(x_start)} test images"
+        if len(models) == 1:  # several models are named by the legend; a title naming them all is cut off
+            title = f"{models[0].name}: {title}"
         print(f"wrote {plot_variance_fit(fits_by_label, title, Path(args.plot))}")
     if score_steps:  # one model (checked above): its generator goes on from its fit, as it always has
         model = models[0]
