@@ -176,12 +176,31 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 
 def cmd_tradeoff(args: argparse.Namespace) -> None:
+    from service.quality.plots import plot_frontier, plot_tradeoff
     from service.quality.report import tradeoff_markdown
-    from service.quality.tradeoff import read_tradeoff
+    from service.quality.tradeoff import Tradeoff, read_tradeoff, write_tradeoff
 
-    tradeoff = read_tradeoff(Path(args.model))
-    if tradeoff is None:
-        raise ModelStoreError(f"{args.model}: no tradeoff.json (run ddpm calibrate first)")
+    def table(folder: str) -> Tradeoff:
+        found = read_tradeoff(Path(folder))
+        if found is None:
+            raise ModelStoreError(f"{folder}: no tradeoff.json (run ddpm calibrate first)")
+        return found
+
+    sources = [table(folder) for folder in args.merge or ()]
+    # Merging into a folder without a table starts it from the first source (a fresh model's calibration
+    # run as several copies in parallel, one process per core).
+    tradeoff = read_tradeoff(Path(args.model)) if sources else table(args.model)
+    for source in sources:
+        if tradeoff is None:
+            tradeoff = source
+        else:
+            tradeoff.absorb(source)
+    assert tradeoff is not None
+    if sources:
+        print(f"wrote {write_tradeoff(Path(args.model), tradeoff)}", file=sys.stderr)
+    if args.plot:
+        plot_tradeoff(tradeoff, Path(args.plot))
+        plot_frontier(tradeoff, Path(args.plot).with_name("frontier.png"))
     print(tradeoff_markdown(tradeoff), end="")
 
 
@@ -364,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tradeoff", help="print a model's tradeoff.json as a markdown table")
     p.add_argument("--model", required=True)
+    p.add_argument(
+        "--merge",
+        action="append",
+        metavar="FOLDER",
+        help="merge FOLDER's tradeoff.json into --model's first (repeatable; the larger sample count stays)",
+    )
+    p.add_argument("--plot", help="also draw the table's FID/latency plot here, and frontier.png beside it")
     p.set_defaults(func=cmd_tradeoff)
 
     p = sub.add_parser("gamma", help="estimate Gamma_t for variance=analytic; writes gamma.json")

@@ -65,6 +65,34 @@ class Tradeoff:
         self.points = [p for p in self.points if (p.sampler, p.steps) not in keys] + points
         self.points.sort(key=lambda p: (p.sampler, p.steps))
 
+    def absorb(self, other: Tradeoff) -> None:
+        """Take another run's points and floors, e.g. calibrations run in parallel on copies of one model.
+
+        Where both tables have a (sampler, K), the point with more samples stays (the other's on a tie):
+        the table keeps one count per point, and the larger count is the better estimate. Tables measured
+        in another feature space or against another reference set are refused, since their FIDs do not
+        compare.
+        """
+        for attribute in ("feature_extractor", "reference_set"):
+            mine, theirs = getattr(self, attribute), getattr(other, attribute)
+            if mine != theirs:
+                raise TradeoffError(f"cannot merge tables with different {attribute}: {mine!r} vs {theirs!r}")
+        mine_at = {(p.sampler, p.steps): p for p in self.points}
+        self.merge(
+            [
+                p
+                for p in other.points
+                if (p.sampler, p.steps) not in mine_at
+                or p.num_samples >= mine_at[p.sampler, p.steps].num_samples
+            ]
+        )
+        for count, fid in other.noise_floors.items():
+            self.add_floor(int(count), fid)
+        if int(other.real_vs_real_fid.get("num_samples", 0)) > int(
+            self.real_vs_real_fid.get("num_samples", 0)
+        ):
+            self.real_vs_real_fid = dict(other.real_vs_real_fid)
+
     def for_sampler(self, sampler: str) -> list[TradeoffPoint]:
         return [p for p in self.points if p.sampler == sampler]
 

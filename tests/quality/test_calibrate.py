@@ -173,3 +173,47 @@ def test_a_table_from_before_noise_floors_reads_its_one_floor(tmp_path: Path) ->
     table.set_real_vs_real(500, 1.7)
     assert table.noise_floors == {"500": 1.7, "100": 9.5}
     assert table.real_vs_real_fid == {"num_samples": 500, "fid": 1.7}
+
+
+def _table(floor_count: int, *points: TradeoffPoint, features: str = "features") -> Tradeoff:
+    return Tradeoff(
+        "m", "cpu", features, "test", {"num_samples": floor_count, "fid": 1.0 / floor_count}, list(points)
+    )
+
+
+def test_tables_of_parallel_runs_merge_keeping_the_larger_sample_count(tmp_path: Path) -> None:
+    """One model calibrated as several copies at once (one process per core) ships one table."""
+    small = TradeoffPoint("ddpm", 10, 500, 4.0, 0.5, 0.4, 0.8, 0.01)
+    large = TradeoffPoint("ddpm", 10, 1000, 3.0, 0.6, 0.5, 0.9, 0.01)
+    other = TradeoffPoint("ddim", 25, 500, 5.0, 0.5, 0.4, 0.8, 0.01)
+    first, second, third = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder, table in (
+        (first, _table(1000, large)),
+        (second, _table(500, small, other)),
+        (third, _table(500, features="another classifier")),
+    ):
+        folder.mkdir()
+        write_tradeoff(folder, table)
+    target = tmp_path / "model"
+    target.mkdir()
+    plot = tmp_path / "plots" / "tradeoff.png"
+    plot.parent.mkdir()
+    result = ddpm(
+        "tradeoff", "--model", str(target), "--merge", str(first), "--merge", str(second), "--plot", str(plot)
+    )
+    assert result.returncode == 0, result.stderr
+    merged = read_tradeoff(target)
+    assert merged is not None
+    assert {(p.sampler, p.steps, p.num_samples) for p in merged.points} == {
+        ("ddim", 25, 500),
+        ("ddpm", 10, 1000),
+    }
+    assert list(merged.noise_floors) == ["1000", "500"] and merged.real_vs_real_fid["num_samples"] == 1000
+    assert Image.open(plot).size[0] > 500 and (plot.parent / "frontier.png").is_file()
+    assert "| ddim | 25 | 500 |" in result.stdout
+    # Another feature space: FIDs do not compare, so the merge is refused and the table left as it was.
+    result = ddpm("tradeoff", "--model", str(target), "--merge", str(third))
+    assert result.returncode == 2 and "different feature_extractor" in result.stderr, result.stderr
+    assert read_tradeoff(target) == merged
+    result = ddpm("tradeoff", "--model", str(target), "--merge", str(tmp_path / "none"))
+    assert result.returncode == 2 and "no tradeoff.json" in result.stderr
