@@ -5,7 +5,7 @@ timestep embedding, normalisation and output head stay float32, and EpsVDenoiser
 to the diffusion math, so the variance interpolation and x0 prediction run in float32 as in the reference.
 On the CPU, fp16 convolutions are slow or missing; bf16 is offered instead, and AUTO picks it where the
 CPU has native bf16 instructions (AMX or AVX512-BF16): there a compiled bf16 torso runs about twice as
-fast as fp32, and its quality on the bundled model is fp32's within sampling noise (FID 6.40 vs 6.41 at
+fast as fp32, and its quality on the bundled model (v1) is fp32's within sampling noise (FID 6.40 vs 6.41 at
 K=25, 3.63 vs 3.61 at K=50, 500 samples, same seeds: docs/precision.md). Without those instructions
 bf16 is emulated and slower, so AUTO stays fp32.
 
