@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest import driver, report, throughput
-from loadtest.adaptive import BUNDLED, wait_compiled
+from loadtest.adaptive import BUNDLED
 from loadtest.machine import load_average, pin_threads
 from loadtest.server import Server, ServerConfig
 
@@ -64,7 +64,7 @@ def run(phases: int, seed: int = 1) -> tuple[list[Phase], float]:
         return {"stream": True, "preview_every": 1} if phase >= 0 and phase % 2 == 1 else {"stream": True}
 
     with Server(ServerConfig(BUNDLED)) as server:
-        compiled_s = wait_compiled(server)
+        compiled_s = server.wait_compiled()
         start = time.perf_counter()
         outcomes = asyncio.run(
             driver.closed_loop(

@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from loadtest.adaptive import BUNDLED, wait_compiled
+from loadtest.adaptive import BUNDLED
 from loadtest.server import Server, ServerConfig
 from loadtest.soak import MIX, STREAM_SHARE
 
@@ -88,7 +88,7 @@ def main() -> None:
     if not rounds or min(rounds) < 1:
         raise SystemExit("--rounds: a comma-separated list of burst sizes >= 1")
     with Server(ServerConfig(BUNDLED)) as server:
-        wait_compiled(server)
+        server.wait_compiled()
         start_rss = server.rss_bytes()
         rows = asyncio.run(drive(server, rounds, args.seed))
     print(markdown(rows, start_rss))

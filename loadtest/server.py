@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
 STOP_WAIT_S = 40.0  # drain (at most the server's drain timeout, 30 s by default) plus exit
+COMPILED_SIZES = 11  # a default server's batch sizes (1..6, 8, 10, 12, 14, 16) at DDPM_MAX_BATCH=16
+COMPILE_WAIT_S = 1800.0  # a cold package cache on a 2-core CPU: about 40 s per batch size
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,18 @@ class Server:
 
     async def metrics_async(self, client: httpx.AsyncClient) -> MetricsSnapshot:
         return parse_metrics((await client.get(f"{self.base_url}/metrics", timeout=10.0)).text)
+
+    def wait_compiled(self, sizes: int = COMPILED_SIZES, timeout_s: float = COMPILE_WAIT_S) -> float:
+        """Seconds until the server serves `sizes` batch sizes compiled (0 when all were cached).
+
+        A benchmark of the steady state calls it first: with a cold cache a fresh server serves eager
+        while it compiles in the background, and the compile shares the cores with the load."""
+        start = time.perf_counter()
+        while self.metrics().value("ddpm_compiled_batch_sizes") < sizes:
+            if time.perf_counter() - start > timeout_s:
+                raise RuntimeError(f"the server did not compile its {sizes} batch sizes in {timeout_s:.0f} s")
+            time.sleep(2.0)
+        return time.perf_counter() - start
 
     def rss_bytes(self) -> int:
         """Resident set size now (VmRSS), not the peak that /metrics reports on the CPU."""

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 
 from loadtest import report, throughput
-from loadtest.adaptive import BUNDLED, wait_compiled
+from loadtest.adaptive import BUNDLED
 from loadtest.machine import load_average, pin_threads
-from loadtest.server import MetricsSnapshot, Server, ServerConfig
+from loadtest.server import COMPILED_SIZES, MetricsSnapshot, Server, ServerConfig
 
 LOAD = 0.7
 STREAM_SHARE = 1 / 3
@@ -126,8 +126,9 @@ async def one_request(client: httpx.AsyncClient, run: SoakRun, index: int, rng: 
 async def drive(server: Server, rate: float, minutes: int, seed: int) -> SoakRun:
     run = SoakRun()
     rng = random.Random(seed)
-    # Idle connections expire after 2 s, before uvicorn's 5 s: a client that reuses a connection at the
-    # moment the server closes it gets a reset (the keep-alive race), which would count as a lost request.
+    # Idle connections expire after 2 s, before the server's keep-alive (DDPM_KEEP_ALIVE_S, once uvicorn's
+    # 5 s): a client that reuses a connection at the moment the server closes it gets a reset (the
+    # keep-alive race), which would count as a lost request.
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
     async with httpx.AsyncClient(
         base_url=server.base_url, timeout=60.0, limits=limits, trust_env=False
@@ -266,7 +267,9 @@ def measured_saturation(readings: int = SATURATION_READINGS) -> tuple[float, str
     as the median of several fresh-server readings: one 45 s reading on this machine varies by ±15 %
     (8.05-10.68 req/s seen across runs), and the first soak was set at 70 % of its one (highest) reading."""
     rates = [
-        throughput.run(BUNDLED, warmup_s=15, window_s=45, seed=seed, fields=streamed_share).requests_per_s
+        throughput.run(
+            BUNDLED, warmup_s=15, window_s=45, seed=seed, fields=streamed_share, compiled_sizes=COMPILED_SIZES
+        ).requests_per_s
         for seed in range(1, readings + 1)
     ]
     how = (
@@ -289,7 +292,7 @@ def main() -> None:
     rate = LOAD * saturation
     start_load = load_average()
     with Server(ServerConfig(BUNDLED)) as server:
-        wait_compiled(server)
+        server.wait_compiled()
         run = asyncio.run(drive(server, rate, args.minutes, seed=11))
     text = markdown(run, rate, saturation, how, args.minutes, (start_load, load_average()))
     if args.plot:

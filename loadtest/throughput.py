@@ -137,13 +137,18 @@ def run(
     torch_threads: int | None = None,
     compile: bool | None = None,
     fields: driver.BodyFields | None = None,
+    compiled_sizes: int = 0,
 ) -> Served:
     """A fresh server on `model_dir` (default settings unless threads / compile are given), saturated by
-    2 × max_batch closed-loop clients; stopped after. `fields(index)` adds body fields per request."""
+    2 × max_batch closed-loop clients; stopped after. `fields(index)` adds body fields per request.
+    `compiled_sizes`: wait until the server serves that many batch sizes compiled before the warm-up,
+    so that a cold compile cache does not measure the background compile instead of the server."""
     concurrency = 2 * max_batch
     load_start = load_average()
     config = ServerConfig(model_dir, max_batch=max_batch, torch_threads=torch_threads, compile=compile)
     with Server(config) as server:
+        if compiled_sizes:
+            server.wait_compiled(compiled_sizes)
         outcomes, (first, last) = asyncio.run(_drive(server, concurrency, warmup_s, window_s, seed, fields))
     in_window = [o for o in outcomes if o.status == 200 and first.at_s <= o.finished_s <= last.at_s]
     return Served(
