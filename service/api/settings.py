@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="how long shutdown waits for in-flight work"
     )
+    # Above the idle timeouts of common clients and proxies (httpx 5 s, nginx upstream and cloud load
+    # balancers 60 s): the side that closes an idle connection first must be the client, or a request sent
+    # on it just as the server closes it fails with a reset, never reaching the server (uvicorn's own 5 s
+    # default equals httpx's and lost such requests in the load benchmarks).
+    keep_alive_s: int = Field(
+        default=75, ge=1, description="seconds an idle HTTP keep-alive connection stays open"
+    )
     playground: bool = Field(
         default=True, description="serve the playground page at GET / (static; its API calls need a key)"
     )

@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=round(settings.drain_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
 

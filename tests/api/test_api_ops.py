@@ -111,6 +111,13 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         Settings(max_num_images=10, max_queue=5)
 
 
+def test_idle_connections_outlive_common_client_and_proxy_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().keep_alive_s > 60  # httpx expires idle connections at 5 s, nginx and cloud LBs at 60 s
+    monkeypatch.setenv("DDPM_KEEP_ALIVE_S", "0")
+    with pytest.raises(ValueError, match="keep_alive_s"):
+        Settings()
+
+
 def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err

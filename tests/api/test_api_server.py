@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import re
 import signal
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -77,3 +79,21 @@ def test_ddpm_serve_serves_then_drains_on_sigterm(model_dirs: ModelDirs) -> None
         assert proc.wait(TIMEOUT) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/healthz", timeout=2)
+
+
+@pytest.mark.slow
+def test_an_idle_connection_stays_open_for_the_keep_alive_setting_then_the_server_closes_it(
+    model_dirs: ModelDirs,
+) -> None:
+    with ddpm_serve(model_dirs.calibrated, DDPM_KEEP_ALIVE_S="2") as (_, base):
+        conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=TIMEOUT)
+        for idle_s in (0.0, 1.0):  # reused within the setting: answered on the same connection
+            time.sleep(idle_s)
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read()
+        assert conn.sock is not None
+        idle_since = time.monotonic()
+        assert conn.sock.recv(1) == b""  # blocks until the server closes the idle connection
+        assert 1.5 < time.monotonic() - idle_since < 4  # uvicorn alone would wait 5 s
+        conn.close()
