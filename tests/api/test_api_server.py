@@ -87,11 +87,14 @@ def test_an_idle_connection_stays_open_for_the_keep_alive_setting_then_the_serve
 ) -> None:
     with ddpm_serve(model_dirs.calibrated, DDPM_KEEP_ALIVE_S="2") as (_, base):
         conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=TIMEOUT)
+        first: object = None
         for idle_s in (0.0, 1.0):  # reused within the setting: answered on the same connection
             time.sleep(idle_s)
             conn.request("GET", "/healthz")
             response = conn.getresponse()
             assert response.status == 200 and response.read()
+            first = first or conn.sock
+            assert conn.sock is first  # http.client would have reconnected had the server closed it
         assert conn.sock is not None
         idle_since = time.monotonic()
         assert conn.sock.recv(1) == b""  # blocks until the server closes the idle connection
