@@ -23,6 +23,9 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OCCUPANCY_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.9, 1.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# The autoscaling signal (deploy/kubernetes): backlog seconds = backlog steps / row-steps per second.
+BACKLOG_HELP = "Row-steps still to run: queued images' steps plus running images' remaining steps"
+RATE_HELP = "Row-steps per second while the engine iterates (moving average; kept when idle)"
 
 
 class StepLabels:
@@ -279,9 +282,13 @@ class BackendCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("ddpm_queue_depth", "Images waiting for a slot", labels=["model", "engine"])
         in_flight = GaugeMetricFamily("ddpm_in_flight_rows", "Images in a slot", labels=["model", "engine"])
+        backlog = GaugeMetricFamily("ddpm_backlog_steps", BACKLOG_HELP, labels=["model", "engine"])
+        rate = GaugeMetricFamily("ddpm_row_steps_per_second", RATE_HELP, labels=["model", "engine"])
         for load in self.backend.loads():
             depth.add_metric([load.model, load.engine], load.queue_depth)
             in_flight.add_metric([load.model, load.engine], load.in_flight)
+            backlog.add_metric([load.model, load.engine], load.backlog_steps)
+            rate.add_metric([load.model, load.engine], load.row_steps_per_second)
         memory = GaugeMetricFamily(
             "ddpm_device_memory_bytes", "Memory in use (CUDA allocator, or process RSS)", labels=["device"]
         )
@@ -289,4 +296,4 @@ class BackendCollector(Collector):
             memory.add_metric([device], used)
         ready = GaugeMetricFamily("ddpm_ready", "1 when every worker is warmed up and accepting work")
         ready.add_metric([], 1.0 if self.backend.ready else 0.0)
-        yield from (depth, in_flight, memory, ready)
+        yield from (depth, in_flight, backlog, rate, memory, ready)

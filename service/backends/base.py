@@ -98,6 +98,8 @@ class EngineLoad:
     queue_depth: int
     in_flight: int
     free_slots: int
+    backlog_steps: int = 0  # row-steps still to run (queued rows' steps + running rows' remaining)
+    row_steps_per_second: float = 0.0  # measured while iterating; 0 before the first step
 
 
 class Generation(Protocol):

@@ -114,7 +114,15 @@ class EmbeddedBackend:
 
     def loads(self) -> list[EngineLoad]:
         return [
-            EngineLoad(name, engine, load.queue_depth, load.in_flight, load.free_slots)
+            EngineLoad(
+                name,
+                engine,
+                load.queue_depth,
+                load.in_flight,
+                load.free_slots,
+                load.backlog_steps,
+                load.row_steps_per_second,
+            )
             for name, pool in self._pools.items()
             for engine, load in pool.loads().items()
         ]

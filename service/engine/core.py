@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import ParamSpec
 
 import numpy as np
@@ -72,6 +73,7 @@ class EngineCore:
         self.warm_ups = 0  # completed warm-ups: 1 after start, +1 per executor restart
         self._crashes = 0
         self._iteration_seconds = 0.0  # moving average, for the QueueFull retry hint
+        self._row_steps_per_second = 0.0  # moving average of rows stepped / iteration time (kept when idle)
 
     @property
     def dead(self) -> bool:
@@ -127,7 +129,7 @@ class EngineCore:
 
     def load(self) -> Load:
         with self.lock:
-            return self.scheduler.load()
+            return replace(self.scheduler.load(), row_steps_per_second=self._row_steps_per_second)
 
     # -- the loop's side (service.engine.engine drives these from its thread) ----------------------
 
@@ -216,6 +218,9 @@ class EngineCore:
             # would make deadline checks (and re-plans) trust a ten times too fast iteration at first.
             previous = self._iteration_seconds
             self._iteration_seconds = seconds if previous == 0 else 0.9 * previous + 0.1 * seconds
+            rate = len(running) / seconds if seconds > 0 else 0.0
+            previous_rate = self._row_steps_per_second
+            self._row_steps_per_second = rate if previous_rate == 0 else 0.9 * previous_rate + 0.1 * rate
             self.scheduler.retry_after = self._retry_hint(running)
             self.scheduler.seconds_per_step = self._iteration_seconds
         for row in running:

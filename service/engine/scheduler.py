@@ -57,6 +57,9 @@ class Load:
     queue_depth: int
     in_flight: int
     free_slots: int
+    # The autoscaling signal's two halves (backlog seconds = backlog_steps / row_steps_per_second):
+    backlog_steps: int = 0  # row-steps still to run: queued rows' steps plus running rows' remaining ones
+    row_steps_per_second: float = 0.0  # measured while iterating (the engine core's moving average)
 
     @property
     def total(self) -> int:
@@ -99,7 +102,8 @@ class Scheduler:
         return bool(self._queue or self._running)
 
     def load(self) -> Load:
-        return Load(self.queue_depth, self.in_flight, len(self._free))
+        backlog = sum(row.cursor + 1 for row in (*self._queue, *self._running.values()) if row.cursor >= 0)
+        return Load(self.queue_depth, self.in_flight, len(self._free), backlog)
 
     def running_rows(self) -> list[RowState]:
         return [self._running[s] for s in sorted(self._running)]

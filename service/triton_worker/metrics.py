@@ -27,6 +27,9 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OCCUPANCY_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.9, 1.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GAUGE_REFRESH_SECONDS = 1.0
+# The autoscaling signal (deploy/kubernetes): backlog seconds = backlog steps / row-steps per second.
+BACKLOG_HELP = "Row-steps still to run: queued images' steps plus running images' remaining steps"
+RATE_HELP = "Row-steps per second while the engine iterates (moving average; kept when idle)"
 
 # name -> (kind, description, label names, buckets); kinds are pb_utils.MetricFamily attribute names.
 FAMILIES: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
@@ -59,6 +62,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] 
     "ddpm_warmup_seconds": ("GAUGE", "Duration of the last warm-up", ("model", "engine"), None),
     "ddpm_queue_depth": ("GAUGE", "Images waiting for a slot", ("model", "engine"), None),
     "ddpm_in_flight_rows": ("GAUGE", "Images in a slot", ("model", "engine"), None),
+    "ddpm_backlog_steps": ("GAUGE", BACKLOG_HELP, ("model", "engine"), None),
+    "ddpm_row_steps_per_second": ("GAUGE", RATE_HELP, ("model", "engine"), None),
     "ddpm_device_memory_bytes": (
         "GAUGE",
         "Memory in use (CUDA allocator, or process RSS)",
@@ -106,6 +111,8 @@ class TritonMetricsObserver(NullObserver):
     def set_load(self, load: Load, memory_bytes: int) -> None:
         self._metrics["ddpm_queue_depth"].set(load.queue_depth)
         self._metrics["ddpm_in_flight_rows"].set(load.in_flight)
+        self._metrics["ddpm_backlog_steps"].set(load.backlog_steps)
+        self._metrics["ddpm_row_steps_per_second"].set(load.row_steps_per_second)
         self._metrics["ddpm_device_memory_bytes"].set(memory_bytes)
 
 

@@ -163,6 +163,8 @@ def test_generate_matches_solo_and_reports_progress(tiny_model: LoadedModel, eng
         assert result.total_seconds >= result.queue_seconds >= 0
     assert [p.steps_done for p in results.progress if p.request.image_index == 0] == [1, 2, 3, 4]
     assert recorder.steps[0] == (2, 2) and recorder.finished == [RowStatus.FINISHED] * 2
+    idle = engine.load()  # the autoscaling signal's halves: nothing left, the measured rate kept
+    assert idle.backlog_steps == 0 and idle.row_steps_per_second > 0
 
     def raising(result: RowResult) -> None:
         raise ValueError("a broken callback must not stop the engine")

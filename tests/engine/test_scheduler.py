@@ -188,6 +188,19 @@ def test_evictions_and_load_figures() -> None:
     assert len(fake.scheduler.evict_all()) == 1 and not fake.scheduler.has_work
 
 
+def test_backlog_counts_queued_steps_and_the_remaining_steps_of_running_rows() -> None:
+    fake = FakeExecutor(slots=2)
+    assert fake.scheduler.load().backlog_steps == 0
+    fake.submit("a", 5, n=2)
+    fake.submit("b", 10)
+    assert fake.scheduler.load().backlog_steps == 5 + 5 + 10
+    fake.step()  # a/0 and a/1 run one step each; b waits
+    fake.step()
+    assert fake.scheduler.load().backlog_steps == 3 + 3 + 10
+    fake.run()
+    assert fake.scheduler.load().backlog_steps == 0
+
+
 def test_row_state_walks_its_cursor_down() -> None:
     (request,) = make_rows("g", 1, None)
     state = RowState(request, 10)

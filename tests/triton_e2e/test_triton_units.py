@@ -142,6 +142,8 @@ def test_worker_metrics_match_the_gateways_names_types_and_buckets() -> None:
     assert worker_metrics.STEP_BUCKETS == gateway_metrics.STEP_BUCKETS
     assert worker_metrics.OCCUPANCY_BUCKETS == gateway_metrics.OCCUPANCY_BUCKETS
     assert worker_metrics.ROWS_BUCKETS == gateway_metrics.ROWS_BUCKETS
+    assert worker_metrics.BACKLOG_HELP == gateway_metrics.BACKLOG_HELP
+    assert worker_metrics.RATE_HELP == gateway_metrics.RATE_HELP
 
 
 class _NoBackend:
