@@ -102,6 +102,9 @@ def _backend(settings: Settings, metrics: Metrics) -> Backend:
         engine_settings=engine_settings,
         device=settings.device,
         triton_urls=settings.triton_urls,
+        triton_dns=settings.triton_dns,
+        triton_nameserver=settings.triton_nameserver,
+        triton_resolve_interval_s=settings.triton_resolve_interval_s,
         observer_for=metrics.observer_for,
     )
 

@@ -11,11 +11,11 @@ import bisect
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.api.latency import LatencyTracker
-from service.backends.base import Backend, ModelInfo, NullObserver, RowStatus
+from service.backends.base import Backend, FleetStats, ModelInfo, NullObserver, RowStatus
 from service.backends.base import RowRequest as Request
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
@@ -297,3 +297,31 @@ class BackendCollector(Collector):
         ready = GaugeMetricFamily("ddpm_ready", "1 when every worker is warmed up and accepting work")
         ready.add_metric([], 1.0 if self.backend.ready else 0.0)
         yield from (depth, in_flight, backlog, rate, memory, ready)
+        fleet = self.backend.fleet()
+        if fleet is not None:
+            yield from _fleet_families(fleet)
+
+
+def _fleet_families(fleet: FleetStats) -> Iterator[Metric]:
+    """The Triton backend's workers: membership from discovery, ejections, re-sends."""
+    workers = GaugeMetricFamily("ddpm_triton_workers", "Triton workers known, by state", labels=["state"])
+    for state, count in fleet.workers.items():
+        workers.add_metric([state], count)
+    ejections = CounterMetricFamily(
+        "ddpm_triton_ejections", "Workers taken out of rotation, by cause", labels=["reason"]
+    )
+    for reason, count in fleet.ejections.items():
+        ejections.add_metric([reason], count)
+    resolves = CounterMetricFamily(
+        "ddpm_triton_resolves", "Discovery lookups (DDPM_TRITON_DNS), by outcome", labels=["outcome"]
+    )
+    for outcome, count in fleet.resolves.items():
+        resolves.add_metric([outcome], count)
+    changes = CounterMetricFamily(
+        "ddpm_triton_membership_changes", "Workers that joined or left discovery", labels=["change"]
+    )
+    for change, count in fleet.changes.items():
+        changes.add_metric([change], count)
+    resends = CounterMetricFamily("ddpm_triton_resends", "Requests sent again after a worker failed them")
+    resends.add_metric([], fleet.resends)
+    yield from (workers, ejections, resolves, changes, resends)

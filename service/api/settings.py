@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.api.auth import AuthSettings, read_keys
@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     triton_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Triton gRPC endpoints host:port, e.g. triton:8001 (backend 'triton' only)",
+    )
+    triton_dns: str | None = Field(
+        default=None,
+        description="a DNS name:port whose A/AAAA records are the Triton workers (a Kubernetes headless "
+        "Service, e.g. ddpm-triton.ddpm.svc.cluster.local:8001), re-resolved every "
+        "triton_resolve_interval_s; used with or instead of triton_urls",
+    )
+    triton_resolve_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="seconds between re-resolves of triton_dns"
+    )
+    triton_nameserver: str | None = Field(
+        default=None,
+        description="host:port of the DNS server to ask for triton_dns; unset: the system's resolver",
     )
     max_batch: int = Field(
         default=16, ge=1, description="rows in flight per device (the largest batch bucket)"
@@ -156,6 +169,18 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("triton_dns", "triton_nameserver")
+    @classmethod
+    def _name_port(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if "/" in value or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{info.field_name} must be host:port (e.g. triton.ddpm.svc:8001), got {value!r}"
+            )
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _strong_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
@@ -181,8 +206,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if not self.model_dirs:
             raise ValueError("model_dirs must name at least one model folder")
-        if self.backend == "triton" and not self.triton_urls:
-            raise ValueError("backend 'triton' needs triton_urls (DDPM_TRITON_URLS=host:8001[,host2:8001])")
+        if self.backend == "triton" and not (self.triton_urls or self.triton_dns):
+            raise ValueError(
+                "backend 'triton' needs triton_urls (DDPM_TRITON_URLS=host:8001[,host2:8001]) or a "
+                "DNS name to discover them (DDPM_TRITON_DNS=service.namespace.svc:8001)"
+            )
         if self.max_num_images > self.max_queue:
             raise ValueError(
                 f"max_num_images ({self.max_num_images}) cannot exceed max_queue ({self.max_queue}): "

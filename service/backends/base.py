@@ -44,6 +44,7 @@ __all__ = [
     "EngineLoad",
     "EngineObserver",
     "EngineSettings",
+    "FleetStats",
     "Generation",
     "GenerationProgress",
     "GenerationResult",
@@ -102,6 +103,17 @@ class EngineLoad:
     row_steps_per_second: float = 0.0  # measured while iterating; 0 before the first step
 
 
+@dataclass(frozen=True)
+class FleetStats:
+    """The workers of a backend that runs on others (Triton), for /metrics; counts are totals."""
+
+    workers: dict[str, int]  # state (live | unready | draining) -> workers in it now
+    ejections: dict[str, int]  # why (stream | health | unavailable | send) -> workers ejected
+    resolves: dict[str, int]  # outcome of discovery's lookups (ok | failed) -> lookups
+    changes: dict[str, int]  # joined | left (discovery) -> workers
+    resends: int  # requests sent again after a worker failed them
+
+
 class Generation(Protocol):
     """A submitted request. `result()` raises the engine error that ended it (DeadlineExceeded, ...)."""
 
@@ -147,6 +159,10 @@ class Backend(Protocol):
 
     def memory_bytes(self) -> dict[str, int]:
         """Memory in use per device name."""
+        ...
+
+    def fleet(self) -> FleetStats | None:
+        """Its workers' membership and failures; None for a backend without remote workers."""
         ...
 
     def submit(self, spec: GenerationSpec, *, progress: bool = False) -> Generation:

@@ -127,6 +127,9 @@ class EmbeddedBackend:
             for engine, load in pool.loads().items()
         ]
 
+    def fleet(self) -> None:
+        return None
+
     def memory_bytes(self) -> dict[str, int]:
         # Per device, whichever model asks: both figures (CUDA allocator, process RSS) are per process.
         memory: dict[str, int] = {}

@@ -23,12 +23,23 @@ def make_backend(
     engine_settings: EngineSettings,
     device: str = "auto",
     triton_urls: Sequence[str] = (),
+    triton_dns: str | None = None,
+    triton_nameserver: str | None = None,
+    triton_resolve_interval_s: float = 5.0,
     observer_for: ObserverFactory | None = None,
 ) -> Backend:
     if kind == "triton":
         from service.backends.triton import TritonBackend
+        from service.backends.triton.discovery import DnsMembers
 
-        return TritonBackend(triton_urls, model_dirs, observer_for=observer_for)
+        dns = None if triton_dns is None else DnsMembers(triton_dns, triton_nameserver)
+        return TritonBackend(
+            triton_urls,
+            model_dirs,
+            observer_for=observer_for,
+            dns=dns,
+            resolve_interval=triton_resolve_interval_s,
+        )
     from service.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(model_dirs, engine_settings, device=device, observer_for=observer_for)

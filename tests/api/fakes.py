@@ -81,6 +81,9 @@ class FakeBackend:
     def loads(self) -> list[EngineLoad]:
         return [EngineLoad(m.name, "fake", 0, 0, 1) for m in self.models_served]
 
+    def fleet(self) -> None:
+        return None
+
     def memory_bytes(self) -> dict[str, int]:
         return {"fake": 1234}
 

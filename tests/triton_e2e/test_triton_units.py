@@ -88,10 +88,21 @@ def test_router_picks_the_least_loaded_live_worker() -> None:
 def test_settings_need_host_port_urls_for_the_triton_backend() -> None:
     settings = Settings(backend="triton", triton_urls="w1:8001, w2:8001")  # type: ignore[arg-type]
     assert settings.triton_urls == ["w1:8001", "w2:8001"]
-    with pytest.raises(ValidationError, match="needs triton_urls"):
+    with pytest.raises(ValidationError, match="needs worker URLs|needs triton_urls"):
         Settings(backend="triton")
     with pytest.raises(ValidationError, match="host:port"):
         Settings(backend="triton", triton_urls=["grpc://w1:8001"])
+
+
+def test_settings_take_a_dns_name_to_discover_the_workers() -> None:
+    settings = Settings(backend="triton", triton_dns="ddpm-triton.ddpm.svc.cluster.local:8001")
+    assert settings.triton_urls == [] and settings.triton_resolve_interval_s == 5.0
+    with pytest.raises(ValidationError, match="triton_dns must be host:port"):
+        Settings(backend="triton", triton_dns="ddpm-triton.ddpm.svc")
+    with pytest.raises(ValidationError, match="triton_nameserver must be host:port"):
+        Settings(backend="triton", triton_dns="w:8001", triton_nameserver="127.0.0.1")
+    with pytest.raises(ValidationError, match="triton_resolve_interval_s"):
+        Settings(backend="triton", triton_dns="w:8001", triton_resolve_interval_s=0)
 
 
 class _FakeMetric:
@@ -151,6 +162,9 @@ class _NoBackend:
 
     def loads(self) -> list[object]:
         return []
+
+    def fleet(self) -> None:
+        return None
 
     def memory_bytes(self) -> dict[str, int]:
         return {}

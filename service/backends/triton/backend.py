@@ -2,7 +2,8 @@
 
 Lives on the event loop. Requests go to the worker the router picks; the stream events of every worker
 come back here (tritonclient's thread -> event loop) and finish their generations; a worker that fails
-(stream broken, health checks failed) is dropped and its requests are sent again to another.
+(stream broken, UNAVAILABLE, health checks failed) is ejected and its requests are sent again to another,
+each at most MAX_RESENDS times. Which workers exist is the fleet's business (fleet, discovery).
 """
 
 from __future__ import annotations
@@ -10,16 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.backends.base import BackendStartupError, EngineLoad, GenerationSpec, ModelInfo, ObserverFactory
+from service.backends.base import (
+    BackendStartupError,
+    EngineLoad,
+    FleetStats,
+    GenerationSpec,
+    ModelInfo,
+    ObserverFactory,
+)
+from service.backends.triton.discovery import Membership, Source
+from service.backends.triton.fleet import Connect, Fleet
 from service.backends.triton.generation import TritonGeneration
 from service.backends.triton.health import HEALTH_INTERVAL_S, HealthChecks
 from service.backends.triton.models import ServedModels
 from service.backends.triton.protocol import StreamEvent, WireRequest, decode_error
-from service.backends.triton.routing import Router, WorkerState
+from service.backends.triton.routing import WorkerState
 from service.engine.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -34,9 +44,11 @@ if TYPE_CHECKING:  # imported at start(): tritonclient is an optional dependency
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[str, Callable[[StreamEvent], None]], "TritonConnection"]
-
 DEADLINE_GRACE_S = 1.0  # the worker's own deadline error normally arrives first
+RESOLVE_INTERVAL_S = 5.0
+# A request a worker failed is sent to one other worker, not to every one in turn: a request that itself
+# kills workers (a "query of death") must not take the fleet down one worker after another.
+MAX_RESENDS = 1
 
 
 class TritonBackend:
@@ -48,21 +60,28 @@ class TritonBackend:
         observer_for: ObserverFactory | None = None,
         health_interval: float = HEALTH_INTERVAL_S,
         connect: Connect | None = None,
+        dns: Source | None = None,
+        resolve_interval: float = RESOLVE_INTERVAL_S,
     ) -> None:
-        """`connect(url, on_event)` makes a worker's connection (default: TritonConnection; tests fake it)."""
-        if not urls:
-            raise BackendStartupError("the triton backend needs at least one URL (DDPM_TRITON_URLS)")
+        """`connect(url, on_event)` makes a worker's connection (default: TritonConnection; tests fake it).
+        `dns`: discovery, asked every `resolve_interval` seconds; its workers join the static `urls`."""
+        if not urls and dns is None:
+            raise BackendStartupError(
+                "the triton backend needs worker URLs (DDPM_TRITON_URLS) or a DNS name (DDPM_TRITON_DNS)"
+            )
         if not model_dirs:
             raise BackendStartupError("no model folder given")
-        self.router = Router(urls)
+        self.workers = Fleet(urls)
+        self.router = self.workers.router
+        self._membership = None if dns is None else Membership(self, dns, resolve_interval)
         self.model_dirs = [Path(d) for d in model_dirs]
         self.observer_for = observer_for
         self.connect = connect
         self._models = ServedModels()
         self._checks = HealthChecks(self, health_interval)
-        self._connections: dict[str, TritonConnection] = {}
         self._pending: dict[str, TritonGeneration] = {}  # Triton request id -> generation
         self._health: asyncio.Task[None] | None = None
+        self._discovery: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._stopped = False
@@ -74,8 +93,10 @@ class TritonBackend:
         self._loop = asyncio.get_running_loop()
         for model_dir in self.model_dirs:
             self._models.add(model_dir)
-        for worker in self.router.workers:
-            self._connections[worker.url] = connect(worker.url, self._on_stream_event)
+        self.workers.connect_all(connect, self._on_stream_event)
+        if self._membership is not None:
+            await self._membership.refresh()
+            self._discovery = self._loop.create_task(self._membership.run())
         await self._checks.check_all()  # serve at once when the workers are already up
         self._health = self._loop.create_task(self._checks.run())
 
@@ -88,9 +109,10 @@ class TritonBackend:
             self._cancel_remote(generation)
             generation.finish(EngineShuttingDown("the gateway stopped before this request finished"))
         self._pending.clear()
-        if self._health is not None:
-            self._health.cancel()
-        await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._connections.values()))
+        for task in (self._health, self._discovery):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(asyncio.to_thread(c.close) for c in self.workers.connections.values()))
         self._stopped = True
 
     @property
@@ -114,6 +136,9 @@ class TritonBackend:
 
     def memory_bytes(self) -> dict[str, int]:
         return {}
+
+    def fleet(self) -> FleetStats:
+        return self.workers.stats()
 
     # -- requests (event loop) --------------------------------------------------------------------
 
@@ -146,9 +171,10 @@ class TritonBackend:
         worker = self.router.choose(generation.triton_name, exclude=generation.tried)
         if worker is None:
             live = ", ".join(w.url for w in self.router.live) or "none"
+            known = ", ".join(w.url for w in self.router.workers) or "none (discovery found no worker yet)"
             raise EngineDead(
                 f"no Triton worker can serve model {generation.spec.model!r} now "
-                f"(configured: {', '.join(w.url for w in self.router.workers)}; live: {live})"
+                f"(known: {known}; live: {live})"
             )
         remaining = generation.remaining()
         if remaining is not None and remaining <= 0:
@@ -156,13 +182,13 @@ class TritonBackend:
         wire = generation.wire_request(remaining)
         request_id = generation.bind(worker)
         try:
-            self._connections[worker.url].send(generation.triton_name, wire, request_id)
+            self.workers.connection(worker.url).send(generation.triton_name, wire, request_id)
         except EngineError:
             generation.unbind()
             raise
         except Exception as e:  # the stream closed under us: that worker is gone, try another
             generation.unbind()
-            self.drop(worker, f"sending failed: {e}")
+            self.drop(worker, f"sending failed: {e}", "send")
             self._send(generation)
             return
         self._pending[request_id] = generation
@@ -170,16 +196,26 @@ class TritonBackend:
     def _release(self, generation: TritonGeneration) -> None:
         if generation.request_id is not None:
             self._pending.pop(generation.request_id, None)
+        worker = generation.worker
         generation.unbind()
+        if worker is not None and worker.draining:
+            self.workers.retire_if_idle(worker)
 
-    def _reroute(self, generation: TritonGeneration, cause: EngineError) -> None:
-        """Its worker failed it (or vanished): another worker takes it, else the request fails."""
+    def _reroute(self, generation: TritonGeneration, cause: EngineError, *, failed: bool = True) -> None:
+        """Its worker failed it (or vanished; `failed`) or had no room: another worker takes it, else the
+        request fails. A failed request is sent again at most MAX_RESENDS times."""
         self._release(generation)
         if generation.done:
             return
         if generation.cancelled:
             generation.finish(Cancelled("the request was cancelled"))
             return
+        if failed:
+            if generation.resends >= MAX_RESENDS:
+                generation.finish(cause)
+                return
+            generation.resends += 1
+            self.workers.resends += 1
         try:
             self._send(generation)
         except EngineDead:
@@ -200,7 +236,7 @@ class TritonBackend:
             return
         try:
             wire = WireRequest(request_id=generation.id, cancel=True)
-            self._connections[worker.url].send(generation.triton_name, wire, f"{generation.id}:cancel")
+            self.workers.connection(worker.url).send(generation.triton_name, wire, f"{generation.id}:cancel")
         except Exception as e:  # best effort: the worker's deadline frees its slots anyway
             log.debug("cancelling %s on %s failed: %s", generation.id, worker.url, e)
 
@@ -217,10 +253,11 @@ class TritonBackend:
         if event.broken:
             if self._stopping:  # closing the streams at shutdown cancels them: not a failure
                 return
-            worker = self.router.worker(event.url)
-            # A late event of a stream already replaced by a reconnect says nothing about the new one.
-            if worker.live and self._connections[event.url].epoch == event.epoch:
-                self.drop(worker, f"its stream failed: {event.error}")
+            worker = self.router.find(event.url)
+            # A late event of a stream already replaced by a reconnect (or of a forgotten worker) says
+            # nothing about the worker now.
+            if worker is not None and worker.live and self.workers.connection(event.url).epoch == event.epoch:
+                self.drop(worker, f"its stream failed: {event.error}", "stream")
             return
         generation = self._pending.get(event.request_id or "")
         if generation is None:
@@ -228,10 +265,14 @@ class TritonBackend:
                 log.warning("a Triton error named no request: %s", event.error)
             return
         if event.error is not None:
-            worker_url = generation.worker.url if generation.worker else "?"
-            self._reroute(
-                generation, EngineDead(f"Triton at {worker_url} refused the request: {event.error}")
+            worker = generation.worker
+            cause = EngineDead(
+                f"Triton at {worker.url if worker else '?'} refused the request: {event.error}"
             )
+            if worker is not None and worker.live and is_unavailable(event.error):
+                self.drop(worker, f"it answered {event.error}", "unavailable")  # re-sends this one too
+            else:
+                self._reroute(generation, cause)
             return
         self._on_result(generation, event.result, event.final)
 
@@ -246,7 +287,7 @@ class TritonBackend:
         if "ERROR" in outputs:
             error = decode_error(result.as_numpy("ERROR"))
             if isinstance(error, QueueFull) and not generation.cancelled:
-                self._reroute(generation, error)  # another worker may have room
+                self._reroute(generation, error, failed=False)  # another worker may have room
                 return
             self._release(generation)
             generation.finish(error, worker)
@@ -264,7 +305,18 @@ class TritonBackend:
         return self._stopping
 
     def connection(self, url: str) -> TritonConnection:
-        return self._connections[url]
+        return self.workers.connection(url)
+
+    def knows(self, worker: WorkerState) -> bool:
+        return self.workers.knows(worker)
+
+    def set_discovered(self, urls: set[str]) -> None:
+        for worker in self.workers.discovered(urls):
+            assert self._loop is not None  # a new worker is checked now, not at the next round
+            self._loop.create_task(self._checks.check(worker))
+
+    def count_resolve(self, outcome: str) -> None:
+        self.workers.resolves[outcome] += 1
 
     def triton_names(self) -> list[str]:
         return self._models.triton_names()
@@ -277,16 +329,20 @@ class TritonBackend:
                     generation, EngineDead(f"model {generation.triton_name} unloaded on {worker.url}")
                 )
 
-    def drop(self, worker: WorkerState, reason: str) -> None:
-        """Take a worker out of rotation and move its requests to the others."""
-        log.warning("dropping Triton worker %s: %s", worker.url, reason)
-        worker.live = False
-        worker.ready_models = set()
-        assert self._loop is not None
-        self._loop.create_task(asyncio.to_thread(self._connections[worker.url].close))
+    def drop(self, worker: WorkerState, reason: str, kind: str = "health") -> None:
+        """Eject a worker at once and move its requests to the others."""
+        self.workers.eject(worker, kind, reason)
         cause = EngineDead(f"the Triton worker at {worker.url} failed ({reason}) and no other worker is live")
         for generation in [g for g in self._pending.values() if g.worker is worker]:
             self._reroute(generation, cause)
+        self.workers.retire_if_idle(worker)
+
+
+def is_unavailable(error: Exception) -> bool:
+    """Triton's UNAVAILABLE for one request: the server is shutting down or cannot serve the model now.
+    tritonclient gives stream errors no status code, so the message is all there is to read."""
+    text = str(error).lower()
+    return any(word in text for word in ("unavailable", "shutting down", "server is stopping", "not ready"))
 
 
 def _default_connect() -> Connect:

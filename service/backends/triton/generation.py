@@ -6,6 +6,7 @@ Lives on the event loop: the backend calls every method but `cancel` (thread-saf
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any, Protocol
@@ -52,6 +53,8 @@ class TritonGeneration:
         self.worker: WorkerState | None = None
         self.request_id: str | None = None
         self.attempt = 0
+        self.resends = 0  # sent again after a worker failed it (at most MAX_RESENDS: see the backend)
+        self.row_steps = spec.num_images * _steps(spec)  # its cost, for least-outstanding-work routing
         self.cancelled = False
         self.timer: asyncio.TimerHandle | None = None
         self._backend = backend
@@ -92,15 +95,13 @@ class TritonGeneration:
         self.attempt += 1
         self.worker = worker
         self.tried.add(worker)
-        worker.outstanding += 1
-        worker.outstanding_images += self.spec.num_images
+        worker.assign(self.spec.num_images, self.row_steps)
         self.request_id = f"{self.id}:{self.attempt}"
         return self.request_id
 
     def unbind(self) -> None:
         if self.worker is not None:
-            self.worker.outstanding -= 1
-            self.worker.outstanding_images -= self.spec.num_images
+            self.worker.unassign(self.spec.num_images, self.row_steps)
         self.worker = None
         self.request_id = None
 
@@ -156,3 +157,10 @@ class TritonGeneration:
             self.timer.cancel()
         if self._progress is not None:
             self._progress.finish()
+
+
+def _steps(spec: GenerationSpec) -> int:
+    """K, or for a respacing string ("ddim50", "10,15,20") the sum of its counts: a routing weight only."""
+    if isinstance(spec.steps, int):
+        return spec.steps
+    return max(1, sum(int(n) for n in re.findall(r"\d+", spec.steps)))

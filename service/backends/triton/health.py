@@ -32,9 +32,11 @@ class _Backend(Protocol):
 
     def connection(self, url: str) -> TritonConnection: ...
 
+    def knows(self, worker: WorkerState) -> bool: ...
+
     def triton_names(self) -> list[str]: ...
 
-    def drop(self, worker: WorkerState, reason: str) -> None: ...
+    def drop(self, worker: WorkerState, reason: str, kind: str) -> None: ...
 
     def models_lost(self, worker: WorkerState, lost: set[str]) -> None: ...
 
@@ -57,6 +59,8 @@ class HealthChecks:
 
     async def check(self, worker: WorkerState) -> None:
         backend = self.backend
+        if not backend.knows(worker):  # forgotten (drained) since this round began
+            return
         connection = backend.connection(worker.url)
         names = backend.triton_names()
         try:
@@ -64,9 +68,11 @@ class HealthChecks:
         except Exception as e:
             worker.failed_checks += 1
             if worker.live and worker.failed_checks >= FAILED_CHECKS_TO_DROP:
-                backend.drop(worker, f"health checks failed: {e}")
+                backend.drop(worker, f"health checks failed: {e}", "health")
             return
         worker.failed_checks = 0
+        if not backend.knows(worker):  # forgotten while the check ran: its connection is closed
+            return
         if not worker.live and ready and not backend.stopping:
             try:
                 await asyncio.to_thread(connection.open)
