@@ -80,10 +80,11 @@ class TritonProcess:
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # the address every port binds (a fleet on loopback uses 127.0.0.2, ...)
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def log_path(self) -> Path:
@@ -102,9 +103,9 @@ class TritonProcess:
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
         ]
