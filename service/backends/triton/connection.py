@@ -34,8 +34,10 @@ class TritonConnection:
     def open(self) -> None:
         """(Re)open the stream with a fresh client (a failed stream cannot be restarted)."""
         with self._lock:
-            self._close_locked()
+            # The new epoch first: closing the old stream makes its callback report a (local) cancel,
+            # which the event loop may handle before this returns; it must already read as stale.
             self.epoch += 1
+            self._close_locked()
             client = grpcclient.InferenceServerClient(self.url)
             epoch = self.epoch
             client.start_stream(callback=lambda result, error: self._callback(epoch, result, error))

@@ -45,6 +45,9 @@ class HealthChecks:
     def __init__(self, backend: _Backend, interval: float = HEALTH_INTERVAL_S) -> None:
         self.backend = backend
         self.interval = interval
+        # One check per worker at a time: a worker that joins is checked at once and may also be in a
+        # round; two checks opening its stream would close each other's. A second caller awaits the first.
+        self._checking: dict[WorkerState, asyncio.Future[None]] = {}
 
     async def run(self) -> None:
         while True:
@@ -58,9 +61,17 @@ class HealthChecks:
         await asyncio.gather(*(self.check(worker) for worker in self.backend.router.workers))
 
     async def check(self, worker: WorkerState) -> None:
-        backend = self.backend
-        if not backend.knows(worker):  # forgotten (drained) since this round began
+        if not self.backend.knows(worker):  # forgotten (drained) since the round began
             return
+        running = self._checking.get(worker)
+        if running is None:
+            running = asyncio.ensure_future(self._check(worker))
+            self._checking[worker] = running
+            running.add_done_callback(lambda _: self._checking.pop(worker, None))
+        await asyncio.shield(running)  # a waiter that is cancelled leaves the check running
+
+    async def _check(self, worker: WorkerState) -> None:
+        backend = self.backend
         connection = backend.connection(worker.url)
         names = backend.triton_names()
         try:
