@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,19 @@ def backend_dir(root: Path, where: Path) -> Path:
     if not stub.exists():
         stub.symlink_to(root / "python_backend_stubs" / version / "triton_python_backend_stub")
     return where / "backends"
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with this interpreter's libdir first on LD_LIBRARY_PATH and its bin/ first on PATH.
+
+    Nothing else: no thread settings (a worker measures its intra-op threads per batch size, as the
+    embedded server does; a pinned OMP_NUM_THREADS=1 / DDPM_TORCH_THREADS=1 ran its network on one core),
+    and the DDPM_* variables pass through to the worker, which reads them as the gateway does."""
+    env = dict(environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
 
 
 def free_port() -> int:
@@ -109,16 +123,14 @@ class TritonProcess:
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
         ]
-        env = dict(os.environ)
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
-        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("DDPM_TORCH_THREADS", "1")
         log = self.log_path.open("ab")
         # Its own session: a kill reaches the server and its stub processes, nothing else.
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(os.environ),
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:

@@ -7,10 +7,13 @@ response (its images, or its error) when its last image ends, and PROGRESS respo
 the request asked for them. A request with CANCEL set cancels the images of the REQUEST_ID it names.
 
 Device: the instance's kind (KIND_GPU: that GPU, else the CPU). Engine settings come from the model
-config's `parameters` (max_batch, max_queue, precision, compile, run_to_completion, warmup_iterations,
-torch_threads, drain_timeout_s); the model folder is the one holding config.pbtxt unless `model_dir` names
-another.
-`initialize` returns only after warm-up, so Triton reports the model READY only when it can serve.
+config's `parameters` (max_batch, max_queue, precision, compile, compile_cache_dir, run_to_completion,
+warmup_iterations, torch_threads, drain_timeout_s), then from the environment the gateway reads too
+(DDPM_COMPILE, DDPM_COMPILE_CACHE_DIR, DDPM_TORCH_THREADS), else the gateway's defaults: compiled (on the
+CPU in the background, into the persistent package cache), intra-op threads measured per batch size. The
+model folder is the one holding config.pbtxt unless `model_dir` names another.
+`initialize` returns only after warm-up, so Triton reports the model READY only when it can serve. The
+engine's log records (warm-up, thread choice, compile progress, failures) go to Triton's log.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils  # only exists inside the backend stub
 
         self.pb = pb_utils
+        _log_to_triton(pb_utils)
         confine_to_one_thread()  # the stub's thread loads the model: only the engine thread keeps a team
         config = json.loads(args["model_config"])
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
@@ -66,7 +71,7 @@ class TritonPythonModel:
         # Metric labels use the manifest's name, as the gateway does (the Triton name is the folder's).
         observer = _observer(pb_utils, read_manifest(model_dir).name, str(device))
         model = load_model(model_dir, device=device)
-        settings = engine_settings(params, os.environ.get("DDPM_TORCH_THREADS"))
+        settings = engine_settings(params, os.environ)
         self.engine = Engine(model, settings, device=device, observer=observer, name=str(device))
         self.model_name = self.engine.model_name
         self.engine.start()
@@ -178,21 +183,52 @@ class _PendingRequest:
         )
 
 
-def engine_settings(params: dict[str, str], threads: str | None = None) -> EngineSettings:
-    """EngineSettings from config.pbtxt parameters (strings); absent ones keep their defaults. The
-    engine's intra-op threads: the `torch_threads` parameter, else `threads` (DDPM_TORCH_THREADS)."""
-    kwargs: dict[str, Any] = {}
-    if params.get("torch_threads") or threads:
-        kwargs["threads"] = int(params.get("torch_threads") or threads or 0)
-    for key in ("max_batch", "max_queue", "warmup_iterations"):
-        if params.get(key):
-            kwargs[key] = int(params[key])
-    if params.get("precision"):
-        kwargs["precision"] = Precision(params["precision"])
+# config.pbtxt parameter -> the environment variable the gateway reads for the same setting
+# (service.api.settings); a parameter wins over the variable.
+ENVIRONMENT = {
+    "compile": "DDPM_COMPILE",
+    "compile_cache_dir": "DDPM_COMPILE_CACHE_DIR",
+    "torch_threads": "DDPM_TORCH_THREADS",
+}
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def engine_settings(params: Mapping[str, str], environ: Mapping[str, str] | None = None) -> EngineSettings:
+    """EngineSettings from config.pbtxt parameters (strings), then `environ` (ENVIRONMENT's variables);
+    what neither sets takes the gateway's default, so a worker serves as the embedded server does:
+    compiled (EngineSettings leaves compile to the device, eager on the CPU; the gateway compiles
+    everywhere), packages in the default cache folder, threads measured. Raises ValueError on a bad value."""
+    environ = environ or {}
+
+    def value(key: str) -> str:
+        variable = ENVIRONMENT.get(key)
+        return (params.get(key) or (environ.get(variable, "") if variable else "")).strip()
+
+    kwargs: dict[str, Any] = {"compile": True}
+    for key in ("max_batch", "max_queue", "warmup_iterations", "torch_threads"):
+        if value(key):
+            kwargs["threads" if key == "torch_threads" else key] = _integer(key, value(key))
+    if value("precision"):
+        kwargs["precision"] = Precision(value("precision"))
+    if value("compile_cache_dir"):
+        kwargs["compile_cache_dir"] = value("compile_cache_dir")
     for key in ("compile", "run_to_completion"):  # run_to_completion: the benchmark's baseline only
-        if params.get(key) in ("true", "false"):
-            kwargs[key] = params[key] == "true"
+        if value(key):
+            kwargs[key] = _boolean(key, value(key))
     return EngineSettings(**kwargs)
+
+
+def _integer(key: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {text!r}") from None
+
+
+def _boolean(key: str, text: str) -> bool:
+    if text.lower() not in (*TRUE, *FALSE):
+        raise ValueError(f"{key} must be true or false, got {text!r}")
+    return text.lower() in TRUE
 
 
 def _device(args: dict[str, str]) -> torch.device:
@@ -209,3 +245,37 @@ def _observer(pb_utils: Any, model: str, engine: str) -> EngineObserver:
     except Exception:  # an older Triton without custom metrics (or histograms): serve without them
         log.warning("Triton custom metrics are unavailable; the worker publishes no engine metrics")
         return NullObserver()
+
+
+class _TritonLogHandler(logging.Handler):
+    """Python log records of the worker's code to Triton's own log (pb_utils.Logger), where operators
+    of a Triton deployment look; the stub has no logging configuration of its own, so without it the
+    engine's INFO records (warm-up, compile progress) vanish and its warnings reach only stderr."""
+
+    def __init__(self, logger: Any) -> None:
+        super().__init__(logging.INFO)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.logger.log_error(message)
+            elif record.levelno >= logging.WARNING:
+                self.logger.log_warn(message)
+            else:
+                self.logger.log_info(message)
+        except Exception:  # logging must never fail the caller (the engine thread)
+            self.handleError(record)
+
+
+def _log_to_triton(pb_utils: Any) -> None:
+    """Route the `service` loggers to Triton's log once per stub process (several instances share it)."""
+    logger = getattr(pb_utils, "Logger", None)
+    root = logging.getLogger("service")
+    if logger is None or any(isinstance(h, _TritonLogHandler) for h in root.handlers):
+        return
+    handler = _TritonLogHandler(logger)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -18,14 +18,16 @@ from service.triton_worker.launcher import TritonProcess, missing_reason
 from service.triton_worker.repo import write_triton_model
 
 MODEL = "tiny"  # folder name = Triton model name = manifest name
-# fp32: the worker runs in Triton's process, where tests/conftest.py's fp32 resolution of AUTO does not
-# reach, and the gateway tests compare its images with the embedded engine's, byte for byte.
+# fp32 and eager: the worker runs in Triton's process, where tests/conftest.py's fp32 resolution of AUTO
+# does not reach, and the gateway tests compare its images with the embedded engine's (eager), byte for
+# byte; a worker compiles by default, which here would only build packages beside the tests.
 WORKER_PARAMETERS = {
     "max_batch": "4",
     "max_queue": "32",
     "warmup_iterations": "1",
     "torch_threads": "1",
     "precision": "fp32",
+    "compile": "false",
 }
 
 

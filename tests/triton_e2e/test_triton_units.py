@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -14,6 +16,8 @@ from service.backends.triton.routing import Router
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest, QueueFull
 from service.triton_worker import metrics as worker_metrics
 from service.triton_worker.repo import config_pbtxt, write_triton_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wire_request_round_trips() -> None:
@@ -59,13 +63,104 @@ def test_config_pbtxt_declares_the_protocols_tensors(tmp_path) -> None:  # type:
 
 
 def test_worker_engine_settings_come_from_config_parameters() -> None:
-    from service.engine.settings import EngineSettings
     from service.triton_worker.model import engine_settings
 
-    assert engine_settings({}) == EngineSettings()
     chosen = engine_settings({"max_batch": "8", "run_to_completion": "true", "compile": "false"})
     assert chosen.max_batch == 8 and chosen.run_to_completion and not chosen.compile
     assert not engine_settings({"run_to_completion": "false"}).run_to_completion
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        engine_settings({"compile": "sometimes"})
+    with pytest.raises(ValueError, match="max_batch must be an integer"):
+        engine_settings({"max_batch": "many"})
+
+
+def test_the_deployed_worker_serves_with_the_embedded_servers_defaults() -> None:
+    """model_store's config.pbtxt, with no DDPM_* set, gives the engine what a default gateway gives its
+    embedded engine (service.api.app): compiled, the default package cache, threads measured."""
+    import re
+
+    from service.engine.settings import EngineSettings
+    from service.triton_worker.model import engine_settings
+
+    config = (ROOT / "model_store" / "fmnist-small" / "config.pbtxt").read_text()
+    params = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
+    default = {name: field.default for name, field in Settings.model_fields.items()}  # no DDPM_* read
+    embedded = EngineSettings(
+        max_batch=default["max_batch"],
+        max_queue=default["max_queue"],
+        run_to_completion=default["run_to_completion"],
+        precision=default["precision"],
+        compile=default["compile"],
+        compile_cache_dir=default["compile_cache_dir"],
+        warmup_iterations=default["warmup_iterations"],
+        threads=default["torch_threads"],
+    )
+    assert engine_settings(params, {}) == embedded
+    assert embedded.compile is True and embedded.threads is None
+
+
+def test_worker_reads_the_gateways_environment_under_its_parameters() -> None:
+    from service.triton_worker.model import engine_settings
+
+    env = {
+        "DDPM_COMPILE_CACHE_DIR": "/var/cache/ddpm-compile",
+        "DDPM_TORCH_THREADS": "2",
+        "DDPM_COMPILE": "0",
+    }
+    from_env = engine_settings({}, env)
+    assert from_env.compile_cache_dir == "/var/cache/ddpm-compile" and from_env.threads == 2
+    assert from_env.compile is False
+    params = {"compile": "true", "compile_cache_dir": "/models/cache", "torch_threads": "1"}
+    chosen = engine_settings(params, env)
+    assert chosen.compile is True and chosen.compile_cache_dir == "/models/cache" and chosen.threads == 1
+
+
+def test_worker_log_records_go_to_tritons_log() -> None:
+    import logging
+
+    from service.triton_worker.model import _log_to_triton
+
+    class Logger:
+        lines: list[tuple[str, str]] = []
+
+        @classmethod
+        def log_info(cls, message: str) -> None:
+            cls.lines.append(("info", message))
+
+        @classmethod
+        def log_warn(cls, message: str) -> None:
+            cls.lines.append(("warn", message))
+
+        @classmethod
+        def log_error(cls, message: str) -> None:
+            cls.lines.append(("error", message))
+
+    class PbUtils:
+        pass
+
+    PbUtils.Logger = Logger  # type: ignore[attr-defined]
+    root = logging.getLogger("service")
+    handlers, level = list(root.handlers), root.level
+    try:
+        _log_to_triton(PbUtils)
+        _log_to_triton(PbUtils)  # a second instance in the same stub adds no second handler
+        logging.getLogger("service.engine.executor").info("warmed up in %.1f s", 2.0)
+        logging.getLogger("service.engine.compile").warning("no compiler")
+        logging.getLogger("service.engine.compile").debug("not forwarded")
+        assert Logger.lines == [
+            ("info", "service.engine.executor: warmed up in 2.0 s"),
+            ("warn", "service.engine.compile: no compiler"),
+        ]
+    finally:
+        root.handlers, root.level = handlers, level
+
+
+def test_launched_workers_get_no_thread_settings() -> None:
+    from service.triton_worker.launcher import server_environment
+
+    env = server_environment({"PATH": "/usr/bin", "DDPM_COMPILE_CACHE_DIR": "/c"})
+    assert "OMP_NUM_THREADS" not in env and "DDPM_TORCH_THREADS" not in env
+    assert env["DDPM_COMPILE_CACHE_DIR"] == "/c" and env["PATH"].endswith(":/usr/bin")
 
 
 def test_router_picks_the_least_loaded_live_worker() -> None:
