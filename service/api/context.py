@@ -26,7 +26,9 @@ class AppContext:
         return next(iter(self.models), None)
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    """A coroutine, not a plain function: FastAPI runs a plain-function dependency in a worker thread, a
+    hop there and back on every request for one attribute read (docs/gateway-capacity.md)."""
     context: AppContext = request.app.state.context
     return context
 

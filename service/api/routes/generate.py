@@ -7,8 +7,8 @@ import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -40,7 +40,11 @@ router = APIRouter(tags=["generate"])
 
 KEEPALIVE_SECONDS = 15.0  # an idle stream (long queue) sends a comment so proxies keep it open
 PREVIEW_SIDE = 128  # previews larger than this a side are shrunk (a 256-pixel x0 is sent at 128)
-INLINE_PREVIEW_PIXELS = 64 * 64 * 3  # previews up to this many values are encoded on the event loop
+# PNGs of up to this many values (a response's images together) are encoded on the event loop: the
+# bundled model's 28 x 28 takes about 0.1 ms, less than the event loop's CPU for a hop to a worker thread
+# and back (docs/gateway-capacity.md); a larger one is encoded off the loop so other requests go on.
+INLINE_PNG_VALUES = 64 * 64 * 3
+T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed JSON"},
@@ -73,7 +77,7 @@ async def generate(body: GenerateRequest, request: Request, context: Context) ->
     if body.response_format == "json":
         response = await _json_body(result, plan)
     else:
-        png = await run_in_threadpool(_png, result.images)
+        png = await _encode(_values(result.images), lambda: _png(result.images))
         response = Response(png, media_type="image/png", headers=_png_headers(result, plan))
     seconds = time.perf_counter() - started
     _count_ok(context, plan, result, seconds)
@@ -182,25 +186,21 @@ async def _progress_events(generation: Generation, plan: Plan) -> AsyncIterator[
 
 
 async def _preview_json(event: GenerationProgress) -> str:
-    """The predicted x0 of a progress event as a `preview` event's data. A small image (the bundled
-    model's 28 x 28) is encoded right here, in tens of microseconds, cheaper than a hop to a worker
-    thread; a larger one is encoded off the event loop."""
-    assert event.preview is not None
-    if event.preview.size <= INLINE_PREVIEW_PIXELS:
-        png = preview_png(event.preview, PREVIEW_SIDE)
-    else:
-        png = await run_in_threadpool(preview_png, event.preview, PREVIEW_SIDE)
-    preview = PreviewEvent(
+    """The predicted x0 of a progress event as a `preview` event's data."""
+    preview = event.preview
+    assert preview is not None
+    png = await _encode(preview.size, lambda: preview_png(preview, PREVIEW_SIDE))
+    data = PreviewEvent(
         image=event.image_index,
         step=event.steps_done,
         steps=event.num_steps,
         png=base64.b64encode(png).decode("ascii"),
     )
-    return preview.model_dump_json()
+    return data.model_dump_json()
 
 
 async def _json_body(result: GenerationResult, plan: Plan) -> GenerateResponse:
-    pngs = await run_in_threadpool(lambda: [png_bytes(image) for image in result.images])
+    pngs = await _encode(_values(result.images), lambda: [png_bytes(image) for image in result.images])
     spec, choice = plan.spec, plan.choice
     ran = AsRun.of(result, plan)
     point = plan.quality if result.degradation is None else point_at(plan.info, ran.kind, ran.steps)
@@ -234,6 +234,17 @@ def _timings(result: GenerationResult) -> Timings:
     queue_ms = result.queue_seconds * 1000
     total_ms = result.total_seconds * 1000
     return Timings(queue_ms=queue_ms, compute_ms=max(0.0, total_ms - queue_ms), total_ms=total_ms)
+
+
+async def _encode(values: int, encode: Callable[[], T]) -> T:
+    """PNG encoding of images with `values` values in all: here when small, else in a worker thread."""
+    if values <= INLINE_PNG_VALUES:
+        return encode()
+    return await run_in_threadpool(encode)
+
+
+def _values(images: list[np.ndarray]) -> int:
+    return sum(image.size for image in images)
 
 
 def _png(images: list[np.ndarray]) -> bytes:
