@@ -35,6 +35,7 @@ STEPS = (4, 8, 16)  # mixed K (the tiny model: a step is a few ms)
 CLIENTS = 12
 BALANCE_WINDOW_S = 25.0
 MAX_SHARE_RATIO = 1.15
+HEALTH_CHECK_S = 1.0  # a loaded 2-core machine: server live + model ready + opening the stream
 
 
 class Dns:
@@ -159,14 +160,17 @@ def test_a_fleet_follows_dns_under_load(fleet: dict[str, TritonProcess], triton_
             load = ClosedLoop(base)
             wait_for(lambda: len(load.answers) >= 30, what="load to flow over three workers")
 
-            # Scale-up: the fourth worker (ready already) gets work within one re-resolve period.
+            # Scale-up: the fourth worker (ready already) gets work within one re-resolve period, plus
+            # the health check that must pass first.
             newcomer = fleet[HOSTS[3]]
-            before = steps_served(newcomer)
             dns.addresses.add(HOSTS[3])
             added = time.monotonic()
-            wait_for(lambda: steps_served(newcomer) > before, timeout=10, what="traffic on the new worker")
+            sent = lambda: getattr(backend.router.find(newcomer.url), "sent", 0)  # noqa: E731
+            wait_for(lambda: sent() > 0, timeout=10, what="a request sent to the new worker")
             first_traffic = time.monotonic() - added
-            assert first_traffic <= RESOLVE_INTERVAL_S + 0.5, first_traffic
+            assert first_traffic <= RESOLVE_INTERVAL_S + HEALTH_CHECK_S, first_traffic
+            before = steps_served(newcomer)
+            wait_for(lambda: steps_served(newcomer) > before, timeout=10, what="steps on the new worker")
 
             # Balance: four equal workers share the steps.
             start = {h: steps_served(w) for h, w in fleet.items()}

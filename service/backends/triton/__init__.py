@@ -1,17 +1,21 @@
 """The Triton backend: generations run on one or more Triton Inference Servers (DDPM_BACKEND=triton,
-DDPM_TRITON_URLS=host:8001,...) that serve model_store/ with service.triton_worker.
+DDPM_TRITON_URLS=host:8001,... and/or DDPM_TRITON_DNS=service:8001) that serve model_store/ with
+service.triton_worker.
 
 - Models (models): the gateway reads each served model's model.json and tradeoff.json from
   DDPM_MODEL_DIRS (the same model_store folders the workers load; the weights are not read). A model's
   Triton name is its folder's name; the API uses its manifest's name, as with the embedded backend.
 - Transport (connection, protocol): one gRPC stream per worker (tritonclient); responses are matched by
   request id.
-- Routing (routing): least outstanding requests among the live workers that have the model ready.
-  Health (health): every second, server live + model ready per worker; a worker is dropped after two
-  failed checks, or at once when its stream breaks.
-- Failover (backend): the requests of a dropped worker are sent again to another live one (their images
-  do not change: each image's noise comes from its seed); a worker's queue_full also tries the others.
-  With no live worker, `submit` raises EngineDead (503 with Retry-After).
+- Membership (fleet, discovery): the static URLs, plus the records of a DNS name (a Kubernetes headless
+  Service) re-resolved every few seconds; a new address is health-checked before it gets work, one gone
+  from DNS drains (no new requests, its own finish) and is then forgotten.
+- Routing (routing): least outstanding row-steps among the live workers that have the model ready.
+  Health (health): every second, server live + model ready per worker; a worker is ejected after two
+  failed checks, or at once when its stream breaks or it answers UNAVAILABLE.
+- Failover (backend): the requests of an ejected worker are sent again to another live one, each at most
+  once (their images do not change: each image's noise comes from its seed); a worker's queue_full also
+  tries the others. With no live worker, `submit` raises EngineDead (503 with Retry-After).
 - Deadlines: the worker enforces a request's deadline; the gateway also fails it shortly after, so a
   stalled worker cannot hold a request past its deadline.
 

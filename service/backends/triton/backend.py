@@ -24,7 +24,7 @@ from service.backends.base import (
     ObserverFactory,
 )
 from service.backends.triton.discovery import Membership, Source
-from service.backends.triton.fleet import Connect, Fleet
+from service.backends.triton.fleet import Connect, Fleet, default_connect, is_unavailable
 from service.backends.triton.generation import TritonGeneration
 from service.backends.triton.health import HEALTH_INTERVAL_S, HealthChecks
 from service.backends.triton.models import ServedModels
@@ -89,7 +89,7 @@ class TritonBackend:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        connect = self.connect or _default_connect()
+        connect = self.connect or default_connect()
         self._loop = asyncio.get_running_loop()
         for model_dir in self.model_dirs:
             self._models.add(model_dir)
@@ -336,20 +336,3 @@ class TritonBackend:
         for generation in [g for g in self._pending.values() if g.worker is worker]:
             self._reroute(generation, cause)
         self.workers.retire_if_idle(worker)
-
-
-def is_unavailable(error: Exception) -> bool:
-    """Triton's UNAVAILABLE for one request: the server is shutting down or cannot serve the model now.
-    tritonclient gives stream errors no status code, so the message is all there is to read."""
-    text = str(error).lower()
-    return any(word in text for word in ("unavailable", "shutting down", "server is stopping", "not ready"))
-
-
-def _default_connect() -> Connect:
-    try:
-        from service.backends.triton.connection import TritonConnection
-    except ImportError as e:
-        raise BackendStartupError(
-            f"the triton backend needs tritonclient: pip install 'ddpm-serve[triton]' ({e})"
-        ) from e
-    return TritonConnection

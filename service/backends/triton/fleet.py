@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from service.backends.base import FleetStats
+from service.backends.base import BackendStartupError, FleetStats
 from service.backends.triton.protocol import StreamEvent
 from service.backends.triton.routing import Router, WorkerState
 
@@ -118,3 +118,20 @@ class Fleet:
             changes=dict(self.changes),
             resends=self.resends,
         )
+
+
+def is_unavailable(error: Exception) -> bool:
+    """Triton's UNAVAILABLE for one request: the server is shutting down or cannot serve the model now.
+    tritonclient gives stream errors no status code, so the message is all there is to read."""
+    text = str(error).lower()
+    return any(word in text for word in ("unavailable", "shutting down", "server is stopping", "not ready"))
+
+
+def default_connect() -> Connect:
+    try:
+        from service.backends.triton.connection import TritonConnection
+    except ImportError as e:
+        raise BackendStartupError(
+            f"the triton backend needs tritonclient: pip install 'ddpm-serve[triton]' ({e})"
+        ) from e
+    return TritonConnection

@@ -29,11 +29,13 @@ class WorkerState:
     outstanding_steps: int = 0  # row-steps of those requests (K x images)
     failed_checks: int = 0  # consecutive failed health checks
     draining: bool = False  # gone from discovery: no new requests, its own ones finish
+    sent: int = 0  # requests sent to it, ever
 
     def serves(self, model: str) -> bool:
         return self.live and not self.draining and model in self.ready_models
 
     def assign(self, images: int, steps: int) -> None:
+        self.sent += 1
         self.outstanding += 1
         self.outstanding_images += images
         self.outstanding_steps += steps
