@@ -263,3 +263,17 @@ class _NoBackend:
 
     def memory_bytes(self) -> dict[str, int]:
         return {}
+
+
+def test_worker_publishes_step_metrics_from_the_gauge_thread_not_the_engines() -> None:
+    from service.triton_worker.model import _observer, _QueuedSteps
+
+    observer = _observer(_FakePbUtils(), "tiny", "cpu")
+    assert isinstance(observer, _QueuedSteps)
+    observer.on_step("cpu", active_rows=3, bucket=4, seconds=0.02)  # the engine thread: no IPC
+    rows = _FakeFamily.made["ddpm_batch_rows"].metrics[0]
+    assert rows.values == []
+    observer.publish()  # the gauge thread, once a second
+    assert rows.values == [3] and _FakeFamily.made["ddpm_unet_evaluations_total"].metrics[0].values == [3]
+    observer.publish()
+    assert rows.values == [3]
