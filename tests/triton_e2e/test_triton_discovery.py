@@ -16,6 +16,7 @@ import pytest
 from service.backends.base import GenerationSpec
 from service.backends.triton import TritonBackend
 from service.backends.triton.discovery import DiscoveryError, DnsMembers
+from service.backends.triton.fleet import is_unavailable
 from service.backends.triton.protocol import StreamEvent, WireRequest, result_tensors
 from service.backends.triton.routing import Router
 from service.engine.errors import EngineDead
@@ -172,6 +173,13 @@ def test_a_failed_request_is_sent_again_once_and_unavailable_ejects_at_once(mode
         await backend.stop(drain=False)
 
     asyncio.run(scenario())
+
+
+def test_what_reads_as_a_worker_shutting_down() -> None:
+    after_sigterm = "[request id: 1a:1] Request for unknown model: 'tiny' has no available versions"
+    assert is_unavailable(RuntimeError(after_sigterm))
+    assert is_unavailable(RuntimeError("[StatusCode.UNAVAILABLE] Server is stopping"))
+    assert not is_unavailable(RuntimeError("unexpected input CLASS_LABEL shape"))
 
 
 def test_routing_weighs_requests_by_their_steps() -> None:

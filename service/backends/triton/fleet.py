@@ -121,10 +121,12 @@ class Fleet:
 
 
 def is_unavailable(error: Exception) -> bool:
-    """Triton's UNAVAILABLE for one request: the server is shutting down or cannot serve the model now.
+    """Triton's UNAVAILABLE for one request: the server is shutting down or cannot serve the model now
+    (after SIGTERM tritonserver 2.51 refuses new requests with "... has no available versions").
     tritonclient gives stream errors no status code, so the message is all there is to read."""
     text = str(error).lower()
-    return any(word in text for word in ("unavailable", "shutting down", "server is stopping", "not ready"))
+    signs = ("unavailable", "no available versions", "shutting down", "server is stopping", "not ready")
+    return any(sign in text for sign in signs)
 
 
 def default_connect() -> Connect:
