@@ -158,8 +158,9 @@ class CapacityResult:
             "## What else ran\n\nThe load generator (this process) and the instant workers (tritonserver and "
             "its Python-backend stub) share the machine's cores with the gateway; so does anything else "
             f"running. CPU seconds of other processes over the whole run: {others}. Contention lowers "
-            "requests/s here, which is therefore not the measure, and raises CPU per request somewhat "
-            "(cache misses, lock hand-offs under preemption): compare gateways within one run. The "
+            "requests/s here, which is therefore not the measure, and moves CPU per request both ways "
+            "(cache misses and preempted lock hand-offs, but also more events per wake-up of the event "
+            "loop): compare gateways within one run. The "
             "gateway's CPU includes its once-a-second health check of each worker, spread over the "
             "window's requests."
         )
