@@ -276,13 +276,13 @@ def log(message: str) -> None:
 def run(args: argparse.Namespace) -> CapacityResult:
     begin, before = time.perf_counter(), processes()
     work = Path(tempfile.mkdtemp(prefix="ddpm-gateway-capacity-"))
-    sources: dict[str, Path | None] = {f"baseline ({b})": gateway_source(b, work) for b in args.baseline}
-    sources["current" if args.current is None else f"current ({args.current})"] = (
-        None if args.current is None else gateway_source(args.current, work)
-    )
     windows: list[Window] = []
     profiles: dict[str, ProfileSummary] = {}
     try:
+        sources: dict[str, Path | None] = {f"baseline ({b})": gateway_source(b, work) for b in args.baseline}
+        sources["current" if args.current is None else f"current ({args.current})"] = (
+            None if args.current is None else gateway_source(args.current, work)
+        )
         with instant_workers(MODEL_DIR, args.workers, work) as workers, contextlib.ExitStack() as stack:
             base = GatewayConfig(MODEL_DIR, triton_urls=tuple(w.url for w in workers))
             gateways = {
