@@ -229,3 +229,18 @@ def test_dns_members_follow_a_real_dns_server(dns_server: tuple[str, dict[str, l
     assert DnsMembers("nobody.test:8001", nameserver).resolve() == []  # NXDOMAIN: no workers
     with pytest.raises(DiscoveryError):  # nothing answers there: unknown, not empty
         DnsMembers("workers.test:8001", "127.0.0.1:9", timeout=0.3).resolve()
+
+
+def test_the_gateway_validates_as_the_engine_with_respaced_lengths_remembered(model_dir: Path) -> None:
+    from service.backends.triton.models import ServedModels
+    from service.engine.errors import InvalidRequest
+
+    models = ServedModels()
+    models.add(model_dir)
+    for _ in range(3):
+        models.resolve(spec(steps=5))
+    assert models._respaced.cache_info().hits == 2  # one schedule built for three requests
+    bad = GenerationSpec("tiny", class_label=1, steps="ddim7x", num_images=1, seed=0)
+    for _ in range(2):  # a refused respacing is refused every time, never remembered as valid
+        with pytest.raises(InvalidRequest, match="steps"):
+            models.resolve(bad)
