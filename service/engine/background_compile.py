@@ -140,7 +140,7 @@ class BackgroundCompiler:
             if self._stop.is_set():
                 return False
             x_t, model_t, y = self.inputs(size)
-            error = _max_abs_difference(compiled(x_t, model_t, y), self.eager(x_t, model_t, y))
+            error = max_abs_difference(compiled(x_t, model_t, y), self.eager(x_t, model_t, y))
         except Exception as e:  # no compiler on this machine, an unsupported op: eager keeps serving
             self.error = f"batch {size}: {type(e).__name__}: {e}"
             log.exception("compiling the network at batch %d failed; sizes not yet compiled stay eager", size)
@@ -162,9 +162,10 @@ class BackgroundCompiler:
         return True
 
 
-def _max_abs_difference(
+def max_abs_difference(
     a: tuple[torch.Tensor, torch.Tensor | None], b: tuple[torch.Tensor, torch.Tensor | None]
 ) -> float:
+    """The largest |a - b| over (eps, v); inf when either holds a NaN or only one has a v."""
     worst = 0.0
     for left, right in zip(a, b, strict=True):
         if left is None or right is None:

@@ -19,13 +19,25 @@ every 1/8 cost 12 compiles for max_batch 16 (16 for every size; 5 for powers of 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
+import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from service.diffusion.sampling import Denoiser
-from service.engine.background_compile import BackgroundCompiler
+from service.engine.background_compile import (
+    MAX_ABS_ERROR,
+    BackgroundCompiler,
+    Inputs,
+    max_abs_difference,
+)
+from service.engine.graphs import CAPTURE_LOCK, Graph, GraphBackend
+
+log = logging.getLogger(__name__)
 
 MAX_PADDING = 1 / 8  # the largest share of a compiled CPU call that may be padding rows
 
@@ -66,8 +78,17 @@ def pick_bucket(buckets: Sequence[int], rows: int) -> int:
     return buckets[i]
 
 
+class GraphMismatch(RuntimeError):
+    """A captured graph's replay disagrees with the eager network: warm-up fails rather than serve it."""
+
+
 class BucketRunner:
-    """Calls the denoiser at bucket sizes only; with `cuda_graphs`, replays a graph captured per bucket."""
+    """Calls the denoiser at bucket sizes only; with `graphs`, replays a graph captured per bucket.
+
+    `reference` is the eager network when `denoise` is compiled: a bucket whose compile fails at warm-up
+    falls back to it (every bucket then runs it, graphed or not, after one warning), and each captured
+    graph is checked against it on random inputs (`inputs(rows)`) before it serves.
+    """
 
     def __init__(
         self,
@@ -75,17 +96,25 @@ class BucketRunner:
         buckets: Sequence[int],
         shape: tuple[int, ...],
         device: torch.device,
-        cuda_graphs: bool = False,
+        graphs: GraphBackend | None = None,
         exact: bool = False,
         background: BackgroundCompiler | None = None,
+        *,
+        reference: Denoiser | None = None,
+        inputs: Inputs | None = None,
+        tolerance: float = MAX_ABS_ERROR,
     ) -> None:
         self.denoise = denoise
+        self.reference = reference
+        self.inputs = inputs
+        self.tolerance = tolerance
+        self.compile_error: str | None = None  # why the compiled network was given up, if it was
         self.buckets = tuple(sorted(buckets))
         self.device = device
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.graphs = graphs
         # Exact: nothing needs a fixed shape (eager, no graphs), so n rows run as a batch of n; padding
         # would only cost compute (a batch of 9 padded to 16 takes 1.7x as long on the CPU).
-        self.exact = exact and not self.cuda_graphs
+        self.exact = exact and graphs is None
         # Exact runs only: sizes compiled in the background take over as they become ready.
         self.background = background if self.exact else None
         largest = self.buckets[-1]
@@ -95,40 +124,87 @@ class BucketRunner:
         self._y = torch.zeros((largest,), dtype=torch.long, device=device)
         self._eps: torch.Tensor | None = None  # static outputs, written inside each graph
         self._v: torch.Tensor | None = None
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[int, Graph] = {}
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.graphs is not None
 
     @torch.no_grad()
     def warm_up(self, iterations: int = 2) -> None:
-        """Run every bucket (compiling it when the denoiser is compiled), then capture its graph.
+        """Run every bucket (compiling it when the denoiser is compiled), then capture and check graphs.
 
         Largest first, as nano-vllm does: the graphs share one memory pool, and capturing the largest
-        first lets the smaller ones fit in the memory it reserved.
+        first lets the smaller ones fit in the memory it reserved. Every bucket is compiled before the
+        first capture, so a compile failure at any bucket leaves no graph of the compiled network.
         """
-        pool = None
-        for bucket in reversed(self.buckets):
-            for _ in range(max(1, iterations)):
-                eps, v = self._eager(bucket)
-            if not self.cuda_graphs:
-                continue
-            if self._eps is None:
-                self._eps = torch.empty(
-                    (self.buckets[-1], *eps.shape[1:]), dtype=eps.dtype, device=self.device
-                )
-                if v is not None:
-                    self._v = torch.empty((self.buckets[-1], *v.shape[1:]), dtype=v.dtype, device=self.device)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                eps, v = self.denoise(self._x[:bucket], self._t[:bucket], self._y[:bucket])
-                # Copied into buffers allocated outside the graph pool: the graphs share that pool, so
-                # an output left inside it could be overwritten by the replay of another bucket.
-                self._eps[:bucket].copy_(eps)
-                if self._v is not None and v is not None:
-                    self._v[:bucket].copy_(v)
-            pool = graph.pool()
-            self._graphs[bucket] = graph
-        if self.cuda_graphs:
-            torch.cuda.synchronize(self.device)
+        with self._device():
+            for bucket in reversed(self.buckets):
+                for _ in range(max(1, iterations)):
+                    eps, v = self._warm_call(bucket)
+            if self.graphs is None:
+                return
+            self._eps = torch.empty((self.buckets[-1], *eps.shape[1:]), dtype=eps.dtype, device=self.device)
+            if v is not None:
+                self._v = torch.empty((self.buckets[-1], *v.shape[1:]), dtype=v.dtype, device=self.device)
+            pool = None
+            for bucket in reversed(self.buckets):
+                with CAPTURE_LOCK:
+                    graph, pool = self.graphs.capture(functools.partial(self._into_outputs, bucket), pool)
+                self._check_replay(bucket, graph)
+                self._graphs[bucket] = graph
+            self.graphs.synchronize()
+
+    def _warm_call(self, bucket: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One eager call at `bucket` (the first of a compiled network compiles it); on a compile failure
+        the eager reference takes over for good, with one warning."""
+        try:
+            return self._on_capture_stream(bucket)
+        except Exception as e:
+            if self.reference is None or self.denoise is self.reference:
+                raise
+            self.compile_error = f"batch {bucket}: {type(e).__name__}: {e}"
+            log.warning("compiling the network failed (%s): serving it eager", self.compile_error)
+            self.denoise = self.reference
+            return self._on_capture_stream(bucket)
+
+    def _on_capture_stream(self, bucket: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.graphs is None:
+            return self._eager(bucket)
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.graphs.warm(lambda: out.append(self._eager(bucket)))
+        return out[0]
+
+    def _into_outputs(self, bucket: int) -> None:
+        """What a graph records: the network on the static inputs, copied into the static outputs (kept
+        outside the graphs' shared pool, where another bucket's replay could overwrite them)."""
+        assert self._eps is not None
+        eps, v = self.denoise(self._x[:bucket], self._t[:bucket], self._y[:bucket])
+        self._eps[:bucket].copy_(eps)
+        if self._v is not None and v is not None:
+            self._v[:bucket].copy_(v)
+
+    def _check_replay(self, bucket: int, graph: Graph) -> None:
+        """Replay on random inputs against the eager network: an empty or stale graph (captured on the
+        wrong stream, say) returns finite but wrong eps, which no finiteness check would catch."""
+        if self.inputs is None:
+            return
+        x_t, model_t, y = self.inputs(bucket)
+        self._fill(x_t, model_t, y, bucket)
+        graph.replay()
+        assert self._eps is not None
+        replayed = (self._eps[:bucket].clone(), None if self._v is None else self._v[:bucket].clone())
+        expected = (self.reference or self.denoise)(x_t, model_t, y)
+        error = max_abs_difference(replayed, expected)
+        if not error <= self.tolerance:  # NaN fails too
+            raise GraphMismatch(
+                f"the CUDA graph of batch {bucket} on {self.device} differs from the eager network by "
+                f"{error:.3g} (limit {self.tolerance:g}); not serving it"
+            )
+        log.info("graph of batch %d checked on %s (max |replay - eager| %.2g)", bucket, self.device, error)
+
+    def _device(self) -> contextlib.AbstractContextManager[Any]:
+        return self.graphs.device_context() if self.graphs is not None else contextlib.nullcontext()
 
     def probe(self, rows: int) -> None:
         """One call at `rows` rows of the zero inputs (timing the network, e.g. to choose threads)."""
@@ -153,16 +229,18 @@ class BucketRunner:
             eps, v = self.background.runners[size](self._x[:size], self._t[:size], self._y[:size])
             return size, eps[:n], None if v is None else v[:n]
         bucket = pick_bucket(self.buckets, n)
-        self._fill(x_t, model_t, y, bucket)
         graph = self._graphs.get(bucket)
         if graph is None:
+            self._fill(x_t, model_t, y, bucket)
             eps, v = self._eager(bucket)
             return bucket, eps[:n], None if v is None else v[:n]
         assert self._eps is not None
-        graph.replay()
-        # Cloned: the next replay overwrites the static outputs.
-        eps_n = self._eps[:n].clone()
-        return bucket, eps_n, None if self._v is None else self._v[:n].clone()
+        with self._device():
+            self._fill(x_t, model_t, y, bucket)
+            graph.replay()
+            # Cloned: the next replay overwrites the static outputs.
+            eps_n = self._eps[:n].clone()
+            return bucket, eps_n, None if self._v is None else self._v[:n].clone()
 
     def _compiled_size(self, rows: int) -> int | None:
         """The compiled size `rows` pads to, if that size is ready; None: run eager at exactly `rows`."""

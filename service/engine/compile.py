@@ -9,8 +9,20 @@ fast as fp32, and its quality on the bundled model (v1) is fp32's within samplin
 K=25, 3.63 vs 3.61 at K=50, 500 samples, same seeds: docs/precision.md). Without those instructions
 bf16 is emulated and slower, so AUTO stays fp32.
 
+AUTO does not follow a manifest's `use_fp16`, on purpose. That flag records how the reference samples a
+checkpoint: guided-diffusion's sampler converts to fp16 when told to, improved-diffusion's never does
+(its 270M ImageNet-64 model says use_fp16 false although it was trained with fp16). Honouring it would
+serve every improved-diffusion checkpoint, and the bundled model, in fp32 on CUDA, giving up the fp16
+speed the GPU path is built for. The fp16 torso here keeps the reference's fp32 islands (GroupNorm
+statistics, embeddings, the head, softmax and the attention's pre-scaling guard), and stage 5 of
+bench/gpu_check.py compares fp16 + compile + graphs images with fp32 eager ones on the bundled model's
+real weights; a model that fails that comparison is served with DDPM_PRECISION=fp32.
+
 When compilation happens: on CUDA at warm-up, before the engine turns ready (the CUDA graphs are captured
-from the compiled network, and a GPU compiles quickly); on the CPU in the background while the engine
+from the compiled network, and a GPU compiles quickly). There, a machine without a C compiler (Triton
+builds its kernel launchers with one) serves eager + graphs after one warning, and a compile that fails
+at warm-up falls back to eager + graphs (buckets.BucketRunner._warm_call) rather than kill the engine. On
+the CPU in the background while the engine
 already serves eager (background_compile.py, packages.py), because there it takes about a minute per
 batch size and, in process, would hold the GIL the engine thread needs.
 """
@@ -79,6 +91,20 @@ def _warn_no_compiler() -> None:
     )
 
 
+def c_compiler() -> str | None:
+    """The C compiler Triton would build its CUDA kernel launchers with ($CC, else clang, gcc or cc)."""
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["clang", "gcc", "cc"]
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+@functools.cache
+def _warn_no_c_compiler() -> None:
+    log.warning(
+        "compile is on but no C compiler (clang, gcc, cc or $CC) is installed, which torch.compile needs "
+        "on CUDA: serving eager with CUDA graphs. Install gcc to serve compiled, or set DDPM_COMPILE=false."
+    )
+
+
 def compiles_in_background(settings: EngineSettings, device: torch.device) -> bool:
     """Compiled, but after warm-up and off the engine thread: the CPU (see the module docstring). A slim
     image without a C++ compiler serves eager with one warning, not a failed build per start."""
@@ -95,7 +121,12 @@ def _background_wanted(settings: EngineSettings, device: torch.device) -> bool:
 
 
 def compiles_at_warm_up(settings: EngineSettings, device: torch.device) -> bool:
-    return compile_enabled(settings, device) and not _background_wanted(settings, device)
+    if not compile_enabled(settings, device) or _background_wanted(settings, device):
+        return False
+    if device.type == "cuda" and settings.compile_backend == "inductor" and c_compiler() is None:
+        _warn_no_c_compiler()
+        return False
+    return True
 
 
 def prepare_denoiser(
@@ -123,7 +154,7 @@ def prepare_denoiser(
     _allow_one_graph_per_bucket(num_buckets)
     # dynamic=False: one graph specialised per bucket shape, so nothing recompiles once every bucket has
     # been warmed up (the rows' t and labels are tensor values, which do not guard). Graph capture is
-    # ours (see buckets.py), so a mode with its own CUDA graphs ("reduce-overhead") is not wanted here.
+    # ours (see buckets.py): EngineSettings refuses the modes that capture graphs of their own.
     # A function or bound method is compiled as it is; a callable object through its bound __call__.
     target = denoise if inspect.isfunction(denoise) or inspect.ismethod(denoise) else denoise.__call__
     compiled = torch.compile(

@@ -25,6 +25,7 @@ from service.engine.core import DoneCallback, EngineCore, ProgressCallback
 from service.engine.devices import memory_bytes
 from service.engine.errors import EngineShuttingDown
 from service.engine.generation import Collation, GenerationResult, GenerationSpec
+from service.engine.graphs import enter_device
 from service.engine.heap import HeapTrimmer
 from service.engine.observer import EngineObserver
 from service.engine.request import RowResult
@@ -186,6 +187,9 @@ class Engine:
     def _run(self) -> None:
         core = self._core
         try:
+            # First: what torch creates on this thread without naming a device (the graphs' streams,
+            # the allocator's context) must land on this engine's device, not cuda:0.
+            enter_device(core.device)
             core.start_executor()
         except Exception as e:
             log.exception("engine %s failed to warm up", self.name)

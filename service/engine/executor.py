@@ -36,12 +36,14 @@ from service.engine.compile import (
     prepare_denoiser,
     resolved_precision,
 )
+from service.engine.graphs import CudaGraphs, EmulatedGraphs, GraphBackend
 from service.engine.packages import PackageBuilder, PackageSpec
 from service.engine.request import RowState
 from service.engine.settings import EngineSettings, Precision
 from service.engine.slots import SlotTable
 from service.engine.tables import StepTables
 from service.engine.threads import ThreadPolicy, ThreadSetter, machine_threads, tune
+from service.engine.transfers import Transfers
 from service.images import to_uint8
 from service.model.store import LoadedModel
 
@@ -76,13 +78,16 @@ class Executor:
         self.buckets = bucket_sizes(settings.max_batch, settings.buckets)
         self.num_slots = self.buckets[-1]
         shape = (manifest.image_channels, manifest.image_size, manifest.image_size)
-        self.slots = SlotTable(self.num_slots, shape, self.device)
+        self.transfers = Transfers(self.device)
+        self.slots = SlotTable(self.num_slots, shape, self.device, self.transfers)
+        eager = denoiser if denoiser is not None else model.denoiser
         denoise = prepare_denoiser(model, settings, self.device, len(self.buckets), denoiser)
+        precision = resolved_precision(settings.precision, self.device)
+        tolerance = MAX_ABS_ERROR if precision is Precision.FP32 else MAX_ABS_ERROR_REDUCED
         self.compiler: BackgroundCompiler | None = None
         if compiles_in_background(settings, self.device):
             if denoiser is None:
                 threads = settings.threads or machine_threads()
-                precision = resolved_precision(settings.precision, self.device)
                 spec = PackageSpec(model.path, precision.value, threads)
                 packages = PackageBuilder(model, spec, compile_cache_dir(settings))
                 self.compiler = BackgroundCompiler(
@@ -91,7 +96,7 @@ class Executor:
                     compile_order(settings.buckets or dense_bucket_sizes(self.num_slots)),
                     self._random_inputs,
                     on_compiled,
-                    MAX_ABS_ERROR if precision is Precision.FP32 else MAX_ABS_ERROR_REDUCED,
+                    tolerance,
                 )
             else:  # a packaged network would run the model's own network, not this wrapper
                 log.info("a custom denoiser is served eager: only the model's own network is compiled")
@@ -101,9 +106,12 @@ class Executor:
             self.buckets,
             shape,
             self.device,
-            settings.cuda_graphs,
+            graph_backend(settings, self.device),
             exact=not compiles_at_warm_up(settings, self.device),
             background=self.compiler,
+            reference=eager if denoise is not eager else None,
+            inputs=self._random_inputs,
+            tolerance=tolerance,
         )
         self._num_classes = manifest.num_classes
         self._num_timesteps = manifest.diffusion.num_timesteps
@@ -197,19 +205,24 @@ class Executor:
 
     @torch.no_grad()
     def step(self, rows: Sequence[RowState]) -> StepOutcome:
-        """One network call and one reverse step for every row; cursors move, latents are updated."""
+        """One network call and one reverse step for every row; cursors move, latents are updated.
+
+        Host <-> device traffic goes through self.transfers: uploads do not wait, and the finiteness
+        flags, finished images and previews come back in one download, the step's one sync. The rows'
+        noise is drawn on the CPU after the network is launched, so on CUDA it overlaps the UNet (drawn
+        for this step, not ahead: which rows run next is the scheduler's decision, made after this)."""
         infos = self.slots.rows_info(rows)
-        index = torch.tensor([row.slot for row in rows], dtype=torch.long, device=self.device)
+        index = self.transfers.upload([row.slot for row in rows], torch.long)
         x_t = self.slots.latents.index_select(0, index)
         c = self.slots.coefficients(rows, infos)
         if self.compiler is not None and self.compiler.ready is not self._compiled_seen:
             self._swapped_in(self.compiler.ready - self._compiled_seen)
         threads = self.threads.before_call(len(rows)) if self.threads is not None else 0
-        noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
         start = time.perf_counter()
         bucket, eps, v = self.runner(x_t, c.model_t, self.slots.labels(infos))
         if self.threads is not None:  # CPU: the call is synchronous, so this is the network's time
             self.threads.after_call(len(rows), threads, time.perf_counter() - start)
+        noise = self.slots.noise(infos)  # drawn at every step, the last included, as the reference does
         out = mixed_step(
             [info.sampler for info in infos],
             x_t,
@@ -221,28 +234,42 @@ class Executor:
             self.slots.samplers_state(infos, index),
         )
         x_next = out.x_prev
-        # eps and v are checked too: an infinite eps is clipped away in x0 and would not show in x.
-        finite = finite_rows(eps, v, x_next).tolist()  # the one device -> host sync of the iteration
         self.slots.latents.index_copy_(0, index, x_next)
         for name, tensor in out.state.items():
             self.slots.state[name].index_copy_(0, index, tensor)
-        outcome = StepOutcome(bucket)
-        done = []
-        for i, row in enumerate(rows):
+        for row in rows:
             row.cursor -= 1
             row.draws += 1
-            if not finite[i]:
-                outcome.non_finite.append(row)
-            elif row.cursor < 0:
-                done.append(i)
+        done = [i for i, row in enumerate(rows) if row.cursor < 0]
+        due = [i for i, row in enumerate(rows) if row.preview_due]
+        # eps and v are checked too: an infinite eps is clipped away in x0 and would not show in x.
+        finite_flags, finished, previews = self.transfers.download(
+            finite_rows(eps, v, x_next), self._rows_of(x_next, done), self._rows_of(out.pred_xstart, due)
+        )
+        finite = finite_flags.tolist()
+        outcome = StepOutcome(bucket, non_finite=[row for i, row in enumerate(rows) if not finite[i]])
         if done:
-            images = to_uint8(x_next[torch.tensor(done, device=self.device)])
-            outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done)]
-        due = [i for i, row in enumerate(rows) if finite[i] and row.preview_due]
+            images = to_uint8(finished)
+            outcome.finished = [(rows[i], images[j]) for j, i in enumerate(done) if finite[i]]
         if due:  # only rows that asked pay for the copy
-            previews = to_uint8(out.pred_xstart[torch.tensor(due, device=self.device)])
-            outcome.previews = {rows[i]: previews[j] for j, i in enumerate(due)}
+            pixels = to_uint8(previews)
+            outcome.previews = {rows[i]: pixels[j] for j, i in enumerate(due) if finite[i]}
         return outcome
+
+    def _rows_of(self, tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """tensor[rows], gathered on the device (an empty batch when no row is wanted)."""
+        if not rows:
+            return tensor[:0]
+        return tensor.index_select(0, self.transfers.upload(rows, torch.long))
+
+
+def graph_backend(settings: EngineSettings, device: torch.device) -> GraphBackend | None:
+    """CUDA graphs on CUDA when asked; the emulation where settings ask for it (tests, dry runs)."""
+    if settings.emulate_graphs:
+        return EmulatedGraphs()
+    if settings.cuda_graphs and device.type == "cuda":
+        return CudaGraphs(device)
+    return None
 
 
 def compile_cache_dir(settings: EngineSettings) -> Path:

@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# Inductor modes that capture CUDA graphs of their own: nested inside ours (buckets.py) they would record
+# graph launches into a graph, or fight over the same static buffers. "max-autotune-no-cudagraphs" is the
+# autotuning mode without them.
+GRAPH_COMPILE_MODES = frozenset({"reduce-overhead", "max-autotune"})
+
 
 class Precision(StrEnum):
     AUTO = "auto"  # fp16 torso on CUDA; bf16 on a CPU with native bf16 (AMX / AVX512-BF16), else fp32
@@ -30,6 +35,9 @@ class EngineSettings:
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # e.g. "max-autotune-no-cudagraphs"; graphs are captured by us
     cuda_graphs: bool = True  # one CUDA graph per bucket (CUDA only)
+    # Tests and `bench.gpu_check --dry-run`: the graph path on any device, a captured body replayed by
+    # running it again (service.engine.graphs.EmulatedGraphs). Never for serving.
+    emulate_graphs: bool = False
     table_cache_size: int = 64  # coefficient tables kept for distinct step budgets
     warmup_iterations: int = 2  # eager calls per bucket before capture (compilation, cuDNN selection)
     # Intra-op threads of the engine thread on the CPU. None: measured per batch size at warm-up
@@ -42,6 +50,11 @@ class EngineSettings:
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         object.__setattr__(self, "precision", Precision(self.precision))
+        if self.compile_mode in GRAPH_COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} captures CUDA graphs of its own, which would nest "
+                "inside the engine's per-bucket graphs; use None, 'default' or 'max-autotune-no-cudagraphs'"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.buckets is not None:

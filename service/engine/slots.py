@@ -8,7 +8,7 @@ image_seed(seed, image_index), and then moved to the device. This is what makes 
 its batch and of the accelerator: a row's k-th draw is the k-th draw of its own stream whoever shares the
 iteration, and the CPU generator gives the same numbers on every machine (CUDA generators do not match
 the CPU's, nor the solo path's). The draws are small ([C, H, W] per row); their copy to the device is
-one transfer per iteration.
+one non-blocking transfer per iteration (transfers.py), made while the network runs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from service.diffusion.noise import image_seed
 from service.diffusion.samplers import RowOptions, Sampler, get_sampler
 from service.engine.request import RowState
 from service.engine.tables import StepTable
+from service.engine.transfers import Transfers
 
 
 @dataclass
@@ -40,9 +41,12 @@ class SlotInfo:
 
 
 class SlotTable:
-    def __init__(self, num_slots: int, shape: tuple[int, ...], device: torch.device) -> None:
+    def __init__(
+        self, num_slots: int, shape: tuple[int, ...], device: torch.device, transfers: Transfers | None = None
+    ) -> None:
         self.shape = shape
         self.device = device
+        self.transfers = transfers or Transfers(device)
         self.latents = torch.zeros((num_slots, *shape), dtype=torch.float32, device=device)
         # What samplers carry between steps (service.diffusion.samplers.base), one [slots, *shape] tensor
         # per declared name, allocated when the first row of such a sampler is admitted.
@@ -54,7 +58,7 @@ class SlotTable:
         assert row.slot is not None, "a row is admitted into a slot by the scheduler first"
         request = row.request
         generator = torch.Generator(device="cpu").manual_seed(image_seed(request.seed, request.image_index))
-        self.latents[row.slot] = torch.randn(self.shape, generator=generator).to(self.device)
+        self.latents[row.slot] = self.transfers.upload_tensor(torch.randn(self.shape, generator=generator))
         row.draws = 1
         sampler = get_sampler(request.sampler)
         for name in sampler.state:
@@ -92,18 +96,18 @@ class SlotTable:
     def coefficients(self, rows: Sequence[RowState], infos: Sequence[SlotInfo]) -> RowCoefficients:
         """Each row's coefficients at its own cursor, gathered on the CPU and sent in one copy."""
         block = np.stack([info.table[row.cursor] for row, info in zip(rows, infos, strict=True)])
-        return RowCoefficients(*torch.from_numpy(block).to(self.device).unbind(dim=1))
+        return RowCoefficients(*self.transfers.upload(block, torch.float32).unbind(dim=1))
 
     def noise(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
         """The next draw of every row's stream, [n, C, H, W] on the device (see the module docstring)."""
         draws = [torch.randn(self.shape, generator=info.generator) for info in infos]
-        return torch.stack(draws).to(self.device)
+        return self.transfers.upload_tensor(torch.stack(draws))
 
     def labels(self, infos: Sequence[SlotInfo]) -> torch.Tensor:
-        return torch.tensor([info.label for info in infos], dtype=torch.long, device=self.device)
+        return self.transfers.upload([info.label for info in infos], torch.long)
 
     def options(self, infos: Sequence[SlotInfo]) -> RowOptions:
-        eta = torch.tensor([info.eta for info in infos], dtype=torch.float32, device=self.device)
+        eta = self.transfers.upload([info.eta for info in infos], torch.float32)
         return RowOptions(eta, tuple(info.variance for info in infos))
 
     def samplers_state(self, infos: Sequence[SlotInfo], index: torch.Tensor) -> dict[str, torch.Tensor]:
