@@ -214,7 +214,7 @@ RERUN = """## How to rerun
 .venv/bin/python -m loadtest.overload --duration 60                # (d) alone
 .venv/bin/python -m loadtest.mixed_samplers --window 60           # mixed samplers vs one sampler
 .venv/bin/python -m loadtest.adaptive --out docs/adaptive.md      # plain shedding vs adaptive budgets
-.venv/bin/python -m bench.gpu_check --out gpu.md                   # on a CUDA machine (see GPU)
+.venv/bin/python -m bench.gpu_check --out gpu.json                 # on a CUDA machine (see GPU)
 .venv/bin/python -m loadtest.triton_bench                        # gateway over Triton vs embedded
 .venv/bin/python -m loadtest.replay --base-url URL --out DIR      # any deployment, any K mix
 ```
