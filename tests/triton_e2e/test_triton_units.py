@@ -13,6 +13,7 @@ from service.api.settings import Settings
 from service.backends.base import UnknownModel
 from service.backends.triton.protocol import INPUTS, OUTPUTS, WireRequest, decode_error, error_tensors
 from service.backends.triton.routing import Router
+from service.engine.degrade import StepOption
 from service.engine.errors import DeadlineExceeded, EngineError, InvalidRequest, QueueFull
 from service.triton_worker import metrics as worker_metrics
 from service.triton_worker.repo import config_pbtxt, write_triton_model
@@ -34,6 +35,11 @@ def test_wire_request_round_trips() -> None:
     assert WireRequest.from_tensors(WireRequest("q").tensors()).preview_every is None
     with pytest.raises(InvalidRequest):
         WireRequest("x", seed=2**63).tensors()
+    # Defaults travel as absent inputs; edge values that equal no default still travel.
+    assert set(WireRequest("d", steps=10).tensors()) == {"REQUEST_ID", "STEPS", "SEED", "NUM_IMAGES"}
+    edges = WireRequest("e", class_label=0, eta=0.0, variance="fixed_small", preview_every=1,
+                        fallbacks=(StepOption(5, "ddpm"),))  # fmt: skip
+    assert WireRequest.from_tensors(edges.tensors()) == edges
 
 
 @pytest.mark.parametrize(

@@ -122,19 +122,20 @@ class WireRequest:
         if self.cancel:
             values["CANCEL"] = True
         else:
-            values.update(
-                CLASS_LABEL=-1 if self.class_label is None else self.class_label,
-                STEPS=self.steps,
-                SAMPLER=self.sampler.encode(),
-                ETA=-1.0 if self.eta is None else self.eta,
-                SEED=self.seed,
-                NUM_IMAGES=self.num_images,
-                TIMEOUT_SECONDS=self.timeout_seconds or 0.0,
-                PROGRESS=self.progress,
-                VARIANCE=(self.variance or "").encode(),
-                FALLBACKS=encode_fallbacks(self.fallbacks).encode(),
-                PREVIEW_EVERY=self.preview_every or 0,
-            )
+            # Optional inputs only when they differ from what from_tensors takes for a missing one: each
+            # tritonclient input costs the gateway CPU (13 inputs were 0.33 ms of a request's 3.5 ms).
+            values.update(STEPS=self.steps, SEED=self.seed, NUM_IMAGES=self.num_images)
+            optional: dict[str, Any] = {
+                "CLASS_LABEL": self.class_label,
+                "SAMPLER": None if self.sampler == DEFAULT_SAMPLER else self.sampler.encode(),
+                "ETA": self.eta,
+                "TIMEOUT_SECONDS": self.timeout_seconds or None,
+                "PROGRESS": self.progress or None,
+                "VARIANCE": self.variance.encode() if self.variance else None,
+                "FALLBACKS": encode_fallbacks(self.fallbacks).encode() if self.fallbacks else None,
+                "PREVIEW_EVERY": self.preview_every or None,
+            }
+            values.update({name: value for name, value in optional.items() if value is not None})
         return {
             name: np.array([value], dtype=NUMPY_DTYPES[INPUTS[name][0]]) for name, value in values.items()
         }
