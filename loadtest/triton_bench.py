@@ -1,20 +1,31 @@
-"""Gateway over Triton vs the embedded engine, side by side in one run, written to docs/performance-triton.md.
+"""A gateway over one Triton worker vs the embedded engine, both with default settings, side by side in one
+run; written to docs/performance-triton.md.
 
-    python -m loadtest.triton_bench --out docs/performance-triton.md
+    python -m loadtest.triton_bench        # about 11 min, plus the first build of the compile cache
 
 Needs the `tritonserver` extra (the nvidia-pytriton wheel's real tritonserver) and tritonclient. One random
-`fmnist-small` model (the bundled model's compute) is served two ways, with the same engine settings
-(max_batch 16, one torch thread):
+`fmnist-small` model (the bundled model's compute) is served two ways, every setting at its default:
 
-- embedded: `ddpm-serve` running the engine in its own process;
-- triton: a real tritonserver whose decoupled Python-backend model runs the same engine, behind a
-  `ddpm-serve` gateway with DDPM_BACKEND=triton (HTTP -> gRPC stream -> worker -> gRPC -> PNG).
+- embedded: `ddpm-serve`, the engine in its own process;
+- triton: a real tritonserver on a repository holding that model folder with model_store/fmnist-small's
+  config.pbtxt and 1/model.py as deployed, behind `ddpm-serve` with DDPM_BACKEND=triton (HTTP -> gRPC
+  stream -> Python-backend stub -> gRPC -> PNG).
 
-(1) Saturation: closed-loop clients (2 x slots) with K uniform over {10, 25, 50, 100}; served throughput is
-the sum of K over images answered 200 inside the window. Bar: triton >= 0.8 x embedded.
-(2) Continuous batching inside Triton: the K=10 / K=250 Poisson schedule of loadtest.mixed_latency at 65 %
-of the embedded capacity, replayed against continuous and run-to-completion workers of both kinds. Bar: the
-K=10 p50 advantage of continuous batching over run-to-completion holds through Triton as it does embedded.
+Both stacks start once and stay up, and neither is measured before it serves every batch size compiled
+(the embedded server: Server.wait_compiled, which builds the package cache the first time, about 7 min on
+2 cores; the worker: the line its background compiler writes to Triton's log, at once when the cache is
+warm). Then the stacks take turns, so that other work on the machine hits both alike:
+
+- idle K=50: one request at a time, alternating request by request (which goes first alternates too); the
+  client's end-to-end time. Bar: triton median <= 1.1 x embedded.
+- saturation: 32 closed-loop clients, K uniform over {10, 25, 50, 100}, one image per request, PNG
+  responses; windows in ABBA order (embedded, triton, triton, embedded, ...), each after its own warm-up.
+  Served = sum of K of the images answered 200 inside the windows / their length; K=10 p50 over the same
+  answers. Bar: triton >= 0.9 x embedded.
+
+Each window also records the cores each process used (CPU seconds / window) and the cores the rest of the
+machine used meanwhile (/proc/stat busy time minus this run's processes), and the doc lists the other
+processes that used the most CPU during the run: the bars are ratios, the rest says how quiet it was.
 """
 
 from __future__ import annotations
@@ -22,260 +33,289 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest import driver, mixed_latency, report
-from loadtest.machine import describe, load_average, pin_threads, random_model_dir
-from loadtest.server import Server, ServerConfig
+import httpx
+
+from loadtest import driver, report
+from loadtest.machine import describe, load_average, random_model_dir
+from loadtest.server import Server, ServerConfig, parse_metrics
+from loadtest.triton_report import (
+    CLIENTS,
+    IDLE_STACK,
+    IDLE_STEPS,
+    IDLE_WARMUP,
+    SATURATION_MIX,
+    Stack,
+    Window,
+    abba,
+    markdown,
+)
 from service.triton_worker.launcher import TritonProcess, missing_reason
 
-SATURATION_MIX = {10: 1.0, 25: 1.0, 50: 1.0, 100: 1.0}
-MAX_BATCH = 16
-THROUGHPUT_BAR = 0.8
 MODEL = "fmnist-small"
-# The bundled model's Triton files (config.pbtxt, 1/model.py), as deployed; the bench sets its own parameters.
-DEPLOYED = Path(__file__).resolve().parents[1] / "model_store" / MODEL
+DEPLOYED = Path(__file__).resolve().parents[1] / "model_store" / MODEL  # its config.pbtxt and 1/
+COMPILED_LINE = "compiled batch sizes"  # background_compile's line once every size is served compiled
+# ... and the engine's lines when a size failed, or when there is no compiler at all
+COMPILE_FAILED = ("stay eager", "no C++ compiler")
+COMPILE_WAIT_S = 1800.0
+TICK = os.sysconf("SC_CLK_TCK")
+PUBLISH_S = 1.5  # a worker publishes its iterations' metrics once a second
+Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Saturation:
-    name: str
-    window_s: float
-    completed: int
-    evals: int  # Σ K of the 200s finished inside the window
-    tally: driver.Tally
-    load_average: tuple[float, float]
-
-    @property
-    def served(self) -> float:
-        return self.evals / self.window_s
-
-
-@contextlib.contextmanager
-def triton_gateway(repo: Path, model_dir: Path, workdir: Path) -> Iterator[Server]:
-    """A real tritonserver on `repo` and a ddpm-serve gateway in front of it; both stopped on exit."""
-    worker = TritonProcess(repo, [MODEL], workdir)
-    worker.start()
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of a process (all its threads) so far, with `children` its reaped children's too;
+    0 once it is gone."""
     try:
-        worker.wait_ready(timeout=300.0)
-        with Server(ServerConfig(model_dir, max_batch=MAX_BATCH, triton_urls=(worker.url,))) as gateway:
-            yield gateway
-    finally:
-        worker.stop()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11 : 15 if children else 13]) / TICK
 
 
-def triton_repo(model_dir: Path, where: Path, *, run_to_completion: bool) -> Path:
-    """A one-model Triton repository holding a copy of model_dir with the benchmark's engine settings.
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine has been busy since boot, every core and process (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / TICK  # all but idle and iowait
 
-    The Triton files are the deployed ones of model_store/fmnist-small (same folder name, so the same
-    Triton model name) with their `parameters` lines replaced: this harness speaks to Triton only through
-    its model repository, never through the service's own code."""
-    repo = where / ("rtc" if run_to_completion else "continuous")
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        listed = Path(f"/proc/{parent}/task/{parent}/children")
+        new = {int(p) for p in listed.read_text().split()} - found if listed.is_file() else set()
+        found |= new
+        todo += new
+    return found
+
+
+class Census:
+    """CPU used by the processes outside this run while it measures, by command line: snapshots at the
+    start and end of each measured phase (a process's reaped children count in its own figure)."""
+
+    def __init__(self) -> None:
+        self.ours: set[int] = {os.getpid()}
+        self.used: dict[str, float] = {}
+        self._start: dict[int, tuple[str, float]] = {}
+
+    def start(self) -> None:
+        self._start = self._snapshot()
+
+    def stop(self) -> None:
+        for pid, (name, seconds) in self._snapshot().items():
+            if pid not in self.ours:
+                self.used[name] = self.used.get(name, 0.0) + seconds - self._start.get(pid, (name, 0.0))[1]
+
+    def top(self) -> str:
+        ranked = sorted(((s, n) for n, s in self.used.items() if s >= 5.0), reverse=True)[:6]
+        return "; ".join(f"`{name}` {seconds:.0f} CPU-s" for seconds, name in ranked) or "none over 5 CPU-s"
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        table = {}
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                name = " ".join(Path(a.decode(errors="replace")).name for a in args if a)[:60]
+                if entry.name == "1":  # init: what it counts is the orphans it reaped
+                    name = "short-lived processes, reaped by PID 1"
+                if name:  # kernel threads have none
+                    table[int(entry.name)] = (name, cpu_seconds(int(entry.name), children=True))
+        return table
+
+
+def triton_repo(model_dir: Path, where: Path) -> Path:
+    """A one-model Triton repository: the model folder with the deployed config.pbtxt and 1/ as they are."""
+    repo = where / "repository"
     shutil.copytree(model_dir, repo / MODEL)
     shutil.copytree(DEPLOYED / "1", repo / MODEL / "1")
-    parameters = {
-        "max_batch": str(MAX_BATCH),
-        "max_queue": "256",
-        "torch_threads": "1",
-        "warmup_iterations": "2",
-        "run_to_completion": "true" if run_to_completion else "false",
-    }
-    config = [
-        line
-        for line in (DEPLOYED / "config.pbtxt").read_text().splitlines()
-        if not line.startswith("parameters ")
-    ]
-    config += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in parameters.items()]
-    (repo / MODEL / "config.pbtxt").write_text("\n".join(config) + "\n")
+    shutil.copy(DEPLOYED / "config.pbtxt", repo / MODEL / "config.pbtxt")
     return repo
 
 
-def saturate(name: str, server: Server, warmup_s: float, window_s: float, seed: int) -> Saturation:
-    load_start = load_average()
-    outcomes = asyncio.run(
-        driver.closed_loop(
-            server.base_url,
-            concurrency=2 * MAX_BATCH,
+def wait_worker_compiled(worker: TritonProcess, timeout_s: float = COMPILE_WAIT_S) -> float:
+    """Seconds until the worker's background compiler has finished (read from Triton's log)."""
+    start = time.perf_counter()
+    while True:
+        text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+        if COMPILED_LINE in text:
+            return time.perf_counter() - start
+        failed = any(line in text for line in COMPILE_FAILED)
+        if failed or time.perf_counter() - start > timeout_s:
+            raise RuntimeError(f"the worker did not compile every batch size:\n{text[-3000:]}")
+        time.sleep(2.0)
+
+
+@contextlib.contextmanager
+def stacks(model_dir: Path, work: Path, log: Log) -> Iterator[tuple[Stack, Stack]]:
+    """Both stacks up, each serving every batch size compiled; all stopped on exit."""
+    with contextlib.ExitStack() as stop:
+        log("starting the embedded server; waiting until it serves every batch size compiled")
+        server = stop.enter_context(Server(ServerConfig(model_dir)))
+        roles = {"ddpm-serve": [server.pid]}
+        embedded = Stack(
+            "embedded", server.base_url, f"{server.base_url}/metrics", roles, server.wait_compiled()
+        )
+        log(f"embedded compiled (waited {embedded.compile_wait_s:.0f} s); starting tritonserver")
+        worker = TritonProcess(triton_repo(model_dir, work), [MODEL], work)
+        stop.callback(worker.stop)
+        worker.start()
+        worker.wait_ready(timeout=900.0)
+        waited = wait_worker_compiled(worker)
+        gateway = stop.enter_context(Server(ServerConfig(model_dir, triton_urls=(worker.url,))))
+        assert worker.process is not None
+        roles = {
+            "gateway": [gateway.pid],
+            "tritonserver": [worker.process.pid],
+            "Python-backend stub": sorted(descendants(worker.process.pid)),
+        }
+        log(f"worker compiled (waited {waited:.0f} s); measuring")
+        metrics = f"http://{worker.host}:{worker.metrics_port}/metrics"  # the engine's, on the worker
+        yield embedded, Stack("triton", gateway.base_url, metrics, roles, waited)
+
+
+def iterations_seconds(stack: Stack) -> float:
+    """The engine's ddpm_step_duration_seconds_sum so far: the seconds its iterations took."""
+    text = httpx.get(stack.metrics_url, timeout=10.0, trust_env=False).text
+    return parse_metrics(text).value("ddpm_step_duration_seconds_sum")
+
+
+def idle(pair: tuple[Stack, Stack], runs: int) -> None:
+    """K=50 requests one at a time, the stacks taking turns; each counted time goes to its stack, and
+    the seconds its engine spent iterating meanwhile (the rest is HTTP, the hop to a worker, PNG)."""
+    clients = {s.name: httpx.Client(base_url=s.base_url, timeout=120.0, trust_env=False) for s in pair}
+    engine: dict[str, float] = {}
+    try:
+        for i in range(IDLE_WARMUP + runs):
+            if i == IDLE_WARMUP:
+                time.sleep(PUBLISH_S)
+                engine = {s.name: iterations_seconds(s) for s in pair}
+            for stack in pair if i % 2 == 0 else pair[::-1]:
+                body = {"class_label": i % 10, "steps": IDLE_STEPS, "seed": i}
+                start = time.perf_counter()
+                response = clients[stack.name].post("/generate", json=body)
+                seconds = time.perf_counter() - start
+                if response.status_code != 200:
+                    raise RuntimeError(f"{stack.name}: an idle request answered {response.status_code}")
+                if i >= IDLE_WARMUP:
+                    stack.idle_s.append(seconds)
+        time.sleep(PUBLISH_S)
+        for stack in pair:
+            stack.idle_engine_s = iterations_seconds(stack) - engine[stack.name]
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def saturate(
+    stack: Stack, beside: Stack, census: Census, warmup_s: float, window_s: float, seed: int
+) -> Window:
+    """One closed-loop run against `stack` while `beside` idles; CPU is read at the window's two ends."""
+    samples: list[tuple[dict[str, float], float, float]] = []
+
+    def sample() -> None:
+        if samples:
+            census.stop()
+        else:
+            census.start()
+        roles = {role: sum(cpu_seconds(p) for p in pids) for role, pids in stack.roles.items()}
+        roles["load generator"] = cpu_seconds(os.getpid())
+        roles[IDLE_STACK] = sum(cpu_seconds(p) for p in beside.pids)
+        samples.append((roles, machine_busy_seconds() - sum(roles.values()), load_average()))
+
+    async def closed_loop() -> list[driver.Outcome]:
+        loop = asyncio.get_running_loop()
+        loop.call_later(warmup_s, sample)
+        loop.call_later(warmup_s + window_s, sample)
+        return await driver.closed_loop(
+            stack.base_url,
+            concurrency=CLIENTS,
             mix=SATURATION_MIX,
             seed=seed,
             duration_s=warmup_s + window_s,
             max_requests=100_000,
             client_timeout_s=300.0,
         )
-    )
+
+    outcomes = asyncio.run(closed_loop())
+    (before, rest_before, load_before), (after, rest_after, load_after) = samples
     inside = [o for o in outcomes if o.status == 200 and warmup_s <= o.finished_s <= warmup_s + window_s]
-    return Saturation(
-        name,
-        window_s,
-        len(inside),
-        sum(o.steps for o in inside),
-        driver.tally(outcomes),
-        (load_start, load_average()),
+    return Window(
+        seconds=window_s,
+        evals=sum(o.steps for o in inside),
+        images=len(inside),
+        k10_s=[o.latency_s for o in inside if o.steps == 10],
+        tally=driver.tally(outcomes),
+        cores={role: (after[role] - before[role]) / window_s for role in after},
+        others=(rest_after - rest_before) / window_s,
+        load=(load_before, load_after),
     )
 
 
-@dataclass(frozen=True)
-class TritonBenchResult:
-    embedded: Saturation
-    triton: Saturation
-    mixed: dict[str, mixed_latency.MixedResult]  # "embedded" / "triton", each continuous + run-to-completion
-    seconds: float
-
-    @property
-    def throughput_ratio(self) -> float:
-        return self.triton.served / self.embedded.served
-
-    def markdown(self, header: str) -> str:
-        sat_rows = [
-            (
-                s.name,
-                f"{s.served:.1f}",
-                s.completed,
-                f"{s.window_s:.0f} s",
-                ", ".join(f"{k}: {n}" for k, n in s.tally.kinds.items()),
-                f"{s.load_average[0]:.2f} → {s.load_average[1]:.2f}",
-            )
-            for s in (self.embedded, self.triton)
-        ]
-        ratio = self.throughput_ratio
-        parts = [
-            header,
-            "## (1) Served throughput at saturation",
-            f"{2 * MAX_BATCH} closed-loop clients, K uniform over {sorted(SATURATION_MIX)}, one image per "
-            "request, PNG responses; served = Σ K of the images answered 200 inside the window ÷ window.",
-            report.table(
-                ["Backend", "images·steps/s", "images in window", "window", "outcomes", "load average"],
-                sat_rows,
-            ),
-            report.bar(
-                f"gateway over Triton ≥ {THROUGHPUT_BAR} × embedded",
-                ratio >= THROUGHPUT_BAR,
-                f"{self.triton.served:.1f} ÷ {self.embedded.served:.1f} = **{ratio:.3f}**",
-            ),
-            "## (2) Continuous batching inside Triton: K=10 / K=250 mix",
-        ]
-        first = next(iter(self.mixed.values()))
-        parts.append(
-            f"Poisson arrivals at {first.rate:.3f} req/s ({mixed_latency.LOAD:.0%} of the embedded served "
-            f"capacity ÷ mean K {mixed_latency.MEAN_K:.1f}), {len(first.arrivals)} requests over "
-            f"{first.duration_s:.0f} s, the same schedule for all four runs; each run capped at "
-            f"{first.cap_s:.0f} s (requests still pending then are cancelled and counted as censored; "
-            "'≥' marks percentiles they could raise)."
-        )
-        rows = []
-        verdicts = []
-        for backend, result in self.mixed.items():
-            for mode in result.modes:
-                for k in mixed_latency.MIX:
-                    mine = [o for o in mode.outcomes if o.steps == k]
-                    t = driver.tally(mine)
-                    rows.append(
-                        (
-                            backend,
-                            mode.name,
-                            k,
-                            t.sent,
-                            t.count("200"),
-                            t.censored,
-                            *(report.pct(mode.percentile(k, q)) for q in (50, 95)),
-                        )
-                    )
-            r = result.ratio
-            verdicts.append((backend, "unknown" if r is None else ("≥ " if r[1] else "") + f"{r[0]:.1f}×"))
-        parts.append(report.table(["Backend", "Mode", "K", "sent", "200", "censored", "p50", "p95"], rows))
-        parts.append(report.table(["Backend", "K=10 p50: run-to-completion ÷ continuous"], verdicts))
-        embedded, triton = self.mixed["embedded"].ratio, self.mixed["triton"].ratio
-        holds = triton is not None and triton[0] >= mixed_latency.BAR
-        detail = f"Triton {verdicts[1][1]} vs embedded {verdicts[0][1]}; the engine's own bar is ≥ "
-        detail += f"{mixed_latency.BAR:.0f}×" if embedded is not None else "(embedded ratio unknown)"
-        parts.append(report.bar("continuous batching holds inside Triton", holds, detail))
-        parts.append(
-            "How to read (1): the Triton stack spreads one request over three processes (the gateway: HTTP "
-            "and PNG encoding; tritonserver; the Python-backend stub running the engine), so on a 2-core "
-            "machine the engine's thread does not share a GIL with the HTTP work as it does in the embedded "
-            "server; a ratio above 1 says the hop costs less than that, not that Triton makes the UNet "
-            "faster. In (2) the hop shows as latency: K=10 p50 under continuous batching is higher through "
-            "Triton."
-        )
-        parts.append(f"Whole benchmark: {self.seconds / 60:.1f} min.")
-        return "\n\n".join(parts) + "\n"
-
-
-def run(*, warmup_s: float, window_s: float, mixed_duration_s: float, cap_s: float) -> TritonBenchResult:
-    begin = time.perf_counter()
+def run(args: argparse.Namespace, census: Census, log: Log) -> tuple[Stack, Stack]:
     model_dir = random_model_dir()
     work = Path(tempfile.mkdtemp(prefix="ddpm-triton-bench-"))
-    repos = {rtc: triton_repo(model_dir, work, run_to_completion=rtc) for rtc in (False, True)}
-    base = ServerConfig(model_dir, max_batch=MAX_BATCH)
-
-    def log(message: str) -> None:
-        print(f"[triton-bench] {message}", file=sys.stderr, flush=True)
-
-    log("saturation, embedded")
-    with Server(base) as server:
-        embedded = saturate("embedded", server, warmup_s, window_s, seed=1)
-    log(f"embedded served {embedded.served:.1f}; saturation, triton")
-    with triton_gateway(repos[False], model_dir, work) as gateway:
-        triton = saturate("triton", gateway, warmup_s, window_s, seed=1)
-    log(f"triton served {triton.served:.1f}")
-
-    rate = mixed_latency.LOAD * embedded.served / mixed_latency.MEAN_K
-    arrivals = driver.poisson_arrivals(
-        rate, mixed_duration_s, mixed_latency.MIX, mixed_latency.ARRIVAL_SEED, max_requests=2000
-    )
-    mixed: dict[str, mixed_latency.MixedResult] = {}
-    for backend in ("embedded", "triton"):
-        modes = []
-        for rtc in (False, True):
-            name = "run-to-completion" if rtc else "continuous"
-            log(f"mix, {backend}, {name}")
-            load = load_average()
-            if backend == "embedded":
-                config = replace(base, run_to_completion=rtc)
-                with Server(config) as server:
-                    outcomes, elapsed = mixed_latency.replay(server.base_url, arrivals, cap_s)
-            else:
-                with triton_gateway(repos[rtc], model_dir, work) as gateway:
-                    config = gateway.config
-                    outcomes, elapsed = mixed_latency.replay(gateway.base_url, arrivals, cap_s)
-            modes.append(mixed_latency.ModeResult(name, config, outcomes, elapsed, (load, load_average())))
-        mixed[backend] = mixed_latency.MixedResult(
-            embedded.served, "served embedded at saturation", rate, mixed_duration_s, cap_s, arrivals, modes
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    return TritonBenchResult(embedded, triton, mixed, time.perf_counter() - begin)
+    try:
+        with stacks(model_dir, work, log) as (embedded, triton):
+            census.ours |= descendants(os.getpid())  # both stacks' processes are this one's descendants
+            census.start()
+            idle((embedded, triton), args.idle_runs)
+            census.stop()
+            log(f"idle K=50: embedded {embedded.idle_median:.3f} s, triton {triton.idle_median:.3f} s")
+            for round_, stack, beside in abba(embedded, triton, args.rounds):
+                window = saturate(stack, beside, census, args.warmup, args.window, seed=round_)
+                stack.windows.append(window)
+                load = f"load {window.load[0]:.2f} → {window.load[1]:.2f}"
+                log(f"{stack.name}: {window.evals / window.seconds:.1f} img·steps/s ({load})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(model_dir.parent, ignore_errors=True)
+    return embedded, triton
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/performance-triton.md"))
-    parser.add_argument("--warmup", type=float, default=20.0, help="saturation warm-up, seconds")
-    parser.add_argument("--window", type=float, default=90.0, help="saturation window, seconds")
-    parser.add_argument("--mixed-duration", type=float, default=90.0, help="seconds of K=10/250 arrivals")
-    parser.add_argument("--cap", type=float, default=150.0, help="wall cap per mixed run, seconds")
+    parser.add_argument("--warmup", type=float, default=15.0, help="seconds before each saturation window")
+    parser.add_argument("--window", type=float, default=45.0, help="seconds of each saturation window")
+    parser.add_argument("--rounds", type=int, default=4, help="saturation windows per setup (ABBA order)")
+    parser.add_argument("--idle-runs", type=int, default=20, help="idle K=50 requests per setup")
     args = parser.parse_args()
     reason = missing_reason()
     if reason is not None:
         parser.error(f"cannot start Triton here: {reason}")
-    pin_threads()
-    machine = describe()
-    result = run(
-        warmup_s=args.warmup, window_s=args.window, mixed_duration_s=args.mixed_duration, cap_s=args.cap
-    )
-    setup = report.table(["", ""], [*machine.rows(), ("Engine", f"max_batch {MAX_BATCH}, fp32 eager, CPU")])
+
+    def log(message: str) -> None:
+        print(f"[triton-bench] {message}", file=sys.stderr, flush=True)
+
+    begin, machine, census = time.perf_counter(), describe(), Census()
+    embedded, triton = run(args, census, log)
+    rows = [row for row in machine.rows() if row[0] != "torch threads"]
+    rows += [
+        ("Settings", "defaults on both sides (ddpm-serve; model_store's config.pbtxt); device cpu"),
+        (
+            "Compiled before measuring",
+            f"waited {embedded.compile_wait_s:.0f} s for the embedded server, {triton.compile_wait_s:.0f} s "
+            "for the worker (0: every batch size was in the package cache)",
+        ),
+        ("Other processes while measuring", census.top()),
+    ]
     header = (
-        "# Gateway over Triton vs embedded engine\n\n"
-        f"Measured {datetime.now(UTC).date().isoformat()} with `python -m loadtest.triton_bench` "
-        "(one run, both backends side by side; see the module docstring for the method).\n\n" + setup
+        "# A Triton worker vs the embedded engine, both with default settings\n\n"
+        f"Measured {datetime.now(UTC).date().isoformat()} with `python -m loadtest.triton_bench` (one run, "
+        f"{(time.perf_counter() - begin) / 60:.1f} min, both setups side by side; the module docstring has "
+        "the method). Generated: rerun rather than edit.\n\n" + report.table(["", ""], rows)
     )
-    text = result.markdown(header)
+    text = markdown(embedded, triton, args.rounds, header)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
