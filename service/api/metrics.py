@@ -307,21 +307,17 @@ def _fleet_families(fleet: FleetStats) -> Iterator[Metric]:
     workers = GaugeMetricFamily("ddpm_triton_workers", "Triton workers known, by state", labels=["state"])
     for state, count in fleet.workers.items():
         workers.add_metric([state], count)
-    ejections = CounterMetricFamily(
-        "ddpm_triton_ejections", "Workers taken out of rotation, by cause", labels=["reason"]
+    yield workers
+    counted = (
+        ("ddpm_triton_ejections", "Workers taken out of rotation, by cause", "reason", fleet.ejections),
+        ("ddpm_triton_resolves", "Lookups of DDPM_TRITON_DNS, by outcome", "outcome", fleet.resolves),
+        ("ddpm_triton_membership_changes", "Workers that joined or left discovery", "change", fleet.changes),
     )
-    for reason, count in fleet.ejections.items():
-        ejections.add_metric([reason], count)
-    resolves = CounterMetricFamily(
-        "ddpm_triton_resolves", "Discovery lookups (DDPM_TRITON_DNS), by outcome", labels=["outcome"]
-    )
-    for outcome, count in fleet.resolves.items():
-        resolves.add_metric([outcome], count)
-    changes = CounterMetricFamily(
-        "ddpm_triton_membership_changes", "Workers that joined or left discovery", labels=["change"]
-    )
-    for change, count in fleet.changes.items():
-        changes.add_metric([change], count)
+    for name, description, label, counts in counted:
+        family = CounterMetricFamily(name, description, labels=[label])
+        for value, count in counts.items():
+            family.add_metric([value], count)
+        yield family
     resends = CounterMetricFamily("ddpm_triton_resends", "Requests sent again after a worker failed them")
     resends.add_metric([], fleet.resends)
-    yield from (workers, ejections, resolves, changes, resends)
+    yield resends

@@ -244,3 +244,36 @@ def test_the_gateway_validates_as_the_engine_with_respaced_lengths_remembered(mo
     for _ in range(2):  # a refused respacing is refused every time, never remembered as valid
         with pytest.raises(InvalidRequest, match="steps"):
             models.resolve(bad)
+
+
+def test_the_fleet_is_exposed_as_prometheus_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from service.api.metrics import BackendCollector
+    from service.backends.base import FleetStats
+
+    class Backend:
+        ready = True
+
+        def loads(self) -> list[object]:
+            return []
+
+        def memory_bytes(self) -> dict[str, int]:
+            return {}
+
+        def fleet(self) -> FleetStats:
+            return FleetStats(
+                {"live": 3, "unready": 0, "draining": 1}, {"stream": 1}, {"ok": 7}, {"joined": 4}, 2
+            )
+
+    registry = CollectorRegistry()
+    registry.register(BackendCollector(Backend()))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    for line in (
+        'ddpm_triton_workers{state="draining"} 1.0',
+        'ddpm_triton_ejections_total{reason="stream"} 1.0',
+        'ddpm_triton_resolves_total{outcome="ok"} 7.0',
+        'ddpm_triton_membership_changes_total{change="joined"} 4.0',
+        "ddpm_triton_resends_total 2.0",
+    ):
+        assert line in text, text
