@@ -312,8 +312,7 @@ class TritonBackend:
 
     def set_discovered(self, urls: set[str]) -> None:
         for worker in self.workers.discovered(urls):
-            assert self._loop is not None  # a new worker is checked now, not at the next round
-            self._loop.create_task(self._checks.check(worker))
+            self.workers.in_background(self._checks.check(worker))  # now, not at the next round
 
     def count_resolve(self, outcome: str) -> None:
         self.workers.resolves[outcome] += 1

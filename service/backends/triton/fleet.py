@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from service.backends.base import BackendStartupError, FleetStats
 from service.backends.triton.protocol import StreamEvent
@@ -41,6 +41,14 @@ class Fleet:
         self.resends = 0
         self._connect: Connect | None = None
         self._on_event: Callable[[StreamEvent], None] | None = None
+        # The loop keeps only weak references to tasks: one nobody holds can vanish before it has run.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on the event loop, holding its task until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def connect_all(self, connect: Connect, on_event: Callable[[StreamEvent], None]) -> None:
         self._connect, self._on_event = connect, on_event
@@ -90,7 +98,7 @@ class Fleet:
         self.router.remove(worker)
         worker.live = False
         connection = self.connections.pop(worker.url)
-        asyncio.get_running_loop().create_task(asyncio.to_thread(connection.close))
+        self.in_background(asyncio.to_thread(connection.close))
         log.info("Triton worker %s drained and forgotten", worker.url)
 
     # -- failures ---------------------------------------------------------------------------------
@@ -103,7 +111,7 @@ class Fleet:
         worker.ready_models = set()
         connection = self.connections.get(worker.url)
         if connection is not None:
-            asyncio.get_running_loop().create_task(asyncio.to_thread(connection.close))
+            self.in_background(asyncio.to_thread(connection.close))
 
     def stats(self) -> FleetStats:
         workers = self.router.workers
