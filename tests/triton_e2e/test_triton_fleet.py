@@ -193,9 +193,18 @@ def test_a_fleet_follows_dns_under_load(fleet: dict[str, TritonProcess], triton_
             state = backend.router.find(victim.url)
             assert state is not None
             wait_for(lambda: state.outstanding >= 2, what="requests in flight on the worker to kill")
-            affected = state.outstanding
+            at_ejection: list[int] = []  # requests on it when the gateway ejected it (load goes on meanwhile)
+            eject = backend.drop
+
+            def counting_drop(worker: Any, reason: str, kind: str = "health") -> None:
+                if worker is state and not at_ejection:
+                    at_ejection.append(worker.outstanding)
+                eject(worker, reason, kind)
+
+            backend.drop = counting_drop  # type: ignore[method-assign]
             victim.kill()
             wait_for(lambda: not state.live, timeout=10, what="the killed worker to be ejected")
+            affected = at_ejection[0]
             time.sleep(2.0)  # its requests finish elsewhere under continuing load
             answers = load.stop()
             resent = backend.fleet().resends - resends
