@@ -13,7 +13,8 @@ warmup_iterations, torch_threads, drain_timeout_s), then from the environment th
 CPU in the background, into the persistent package cache), intra-op threads measured per batch size. The
 model folder is the one holding config.pbtxt unless `model_dir` names another.
 `initialize` returns only after warm-up, so Triton reports the model READY only when it can serve. The
-engine's log records (warm-up, thread choice, compile progress, failures) go to Triton's log.
+engine's log records (warm-up, thread choice, compile progress, failures) go to Triton's log, and the
+stub's heap is set up as service.triton_worker.stub says.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from service.engine.threads import confine_to_one_thread
 from service.model.manifest import read_manifest
 from service.model.store import load_model
 from service.triton_worker.metrics import GaugeRefresher, TritonMetricsObserver
+from service.triton_worker.stub import log_to_triton, steady_heap
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils  # only exists inside the backend stub
 
         self.pb = pb_utils
-        _log_to_triton(pb_utils)
+        log_to_triton(pb_utils)
+        steady_heap()  # before the model's first allocation
         confine_to_one_thread()  # the stub's thread loads the model: only the engine thread keeps a team
         config = json.loads(args["model_config"])
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
@@ -271,37 +274,3 @@ class _QueuedSteps(NullObserver):
     def publish(self) -> None:
         while self.steps:
             self.metrics.on_step(*self.steps.popleft())
-
-
-class _TritonLogHandler(logging.Handler):
-    """Python log records of the worker's code to Triton's own log (pb_utils.Logger), where operators
-    of a Triton deployment look; the stub has no logging configuration of its own, so without it the
-    engine's INFO records (warm-up, compile progress) vanish and its warnings reach only stderr."""
-
-    def __init__(self, logger: Any) -> None:
-        super().__init__(logging.INFO)
-        self.logger = logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = self.format(record)
-            if record.levelno >= logging.ERROR:
-                self.logger.log_error(message)
-            elif record.levelno >= logging.WARNING:
-                self.logger.log_warn(message)
-            else:
-                self.logger.log_info(message)
-        except Exception:  # logging must never fail the caller (the engine thread)
-            self.handleError(record)
-
-
-def _log_to_triton(pb_utils: Any) -> None:
-    """Route the `service` loggers to Triton's log once per stub process (several instances share it)."""
-    logger = getattr(pb_utils, "Logger", None)
-    root = logging.getLogger("service")
-    if logger is None or any(isinstance(h, _TritonLogHandler) for h in root.handlers):
-        return
-    handler = _TritonLogHandler(logger)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_worker_reads_the_gateways_environment_under_its_parameters() -> None:
 def test_worker_log_records_go_to_tritons_log() -> None:
     import logging
 
-    from service.triton_worker.model import _log_to_triton
+    from service.triton_worker.stub import log_to_triton
 
     class Logger:
         lines: list[tuple[str, str]] = []
@@ -148,8 +149,8 @@ def test_worker_log_records_go_to_tritons_log() -> None:
     root = logging.getLogger("service")
     handlers, level = list(root.handlers), root.level
     try:
-        _log_to_triton(PbUtils)
-        _log_to_triton(PbUtils)  # a second instance in the same stub adds no second handler
+        log_to_triton(PbUtils)
+        log_to_triton(PbUtils)  # a second instance in the same stub adds no second handler
         logging.getLogger("service.engine.executor").info("warmed up in %.1f s", 2.0)
         logging.getLogger("service.engine.compile").warning("no compiler")
         logging.getLogger("service.engine.compile").debug("not forwarded")
@@ -283,3 +284,10 @@ def test_worker_publishes_step_metrics_from_the_gauge_thread_not_the_engines() -
     assert rows.values == [3] and _FakeFamily.made["ddpm_unet_evaluations_total"].metrics[0].values == [3]
     observer.publish()
     assert rows.values == [3]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_stub_pins_glibcs_malloc_thresholds() -> None:
+    from service.triton_worker.stub import steady_heap
+
+    assert steady_heap() is True  # process-wide, and harmless here: pytest's heap keeps freed memory longer
